@@ -1,0 +1,58 @@
+# Everything a fresh Debian 12 machine needs: `make demo` and `make test` do all set-up.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Real tools the tests and benchmarks drive (registry, image tools, rootfs builder).
+DEBS := gcc libc6-dev zstd docker-registry skopeo umoci mmdebstrap podman uidmap \
+        fuse-overlayfs attr acl tar gzip
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: setup debs venv demo test lint format typecheck bench bench-cdc clean
+
+setup: debs venv
+
+debs:
+	@missing=$$(for p in $(DEBS); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py chunkah/_native/fastcdc.c chunkah/_native/fastcdc.h chunkah/_native/build_ffi.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+demo: setup
+	$(BIN)/python -m chunkah demo
+
+test: setup
+	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check chunkah tests benchmarks
+	$(BIN)/ruff format --check chunkah tests benchmarks
+	$(BIN)/mypy
+
+format: venv
+	$(BIN)/ruff format chunkah tests benchmarks
+	$(BIN)/ruff check --fix chunkah tests benchmarks
+
+typecheck: venv
+	$(BIN)/mypy
+
+bench-cdc: setup
+	$(BIN)/python benchmarks/bench_cdc.py
+
+bench: bench-cdc
+
+clean:
+	rm -rf $(VENV) build *.egg-info chunkah/_native/*.so .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,5 @@
+"""Build shim: setuptools metadata lives in pyproject.toml; this file only adds the CFFI extension."""
+
+from setuptools import setup
+
+setup(cffi_modules=["chunkah/_native/build_ffi.py:ffibuilder"])
