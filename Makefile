@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml setup.py chunkah/_native/fastcdc.c chunkah/_native/fast
 	touch $@
 
 demo: setup
-	$(BIN)/python -m chunkah demo
+	$(BIN)/python fixtures/demo.py
 
 test: setup
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)

@@ -42,7 +42,7 @@ def _candidates(
         h = gear[data[lo:hi]]
         m = hi - lo
         w = 1
-        while w < 64:
+        while w < min(64, m):
             t = tmp[: m - w]
             np.left_shift(h[:-w], np.uint64(w), out=t)
             np.add(h[w:], t, out=h[w:])

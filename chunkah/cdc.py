@@ -90,7 +90,9 @@ def _check_int(name: str, value: object) -> int:
     return int(value)
 
 
-def _check_params(min_size: int, avg_size: int, max_size: int, normalization: int, seed: int) -> None:
+def _check_params(
+    min_size: int, avg_size: int, max_size: int, normalization: int, seed: int
+) -> None:
     sizes = {"min_size": min_size, "avg_size": avg_size, "max_size": max_size}
     ranges = {"min_size": MIN_SIZE_RANGE, "avg_size": AVG_SIZE_RANGE, "max_size": MAX_SIZE_RANGE}
     for name, value in sizes.items():
@@ -109,7 +111,9 @@ def _check_params(min_size: int, avg_size: int, max_size: int, normalization: in
 
 
 @lru_cache(maxsize=64)
-def _params(min_size: int, avg_size: int, max_size: int, normalization: int, seed: int) -> CdcParams:
+def _params(
+    min_size: int, avg_size: int, max_size: int, normalization: int, seed: int
+) -> CdcParams:
     return CdcParams(min_size, avg_size, max_size, normalization, seed)
 
 
@@ -306,7 +310,11 @@ def stream_cut_points(
     ``read_size + max_size`` bytes whatever the input size.
     """
     params = make_params(
-        min_size=min_size, avg_size=avg_size, max_size=max_size, normalization=normalization, seed=seed
+        min_size=min_size,
+        avg_size=avg_size,
+        max_size=max_size,
+        normalization=normalization,
+        seed=seed,
     )
     for base, _view, ends in _stream(fileobj, params, read_size):
         yield ends + np.uint64(base)
@@ -328,7 +336,11 @@ def iter_chunks(
     hash, compress or copy it before asking for the next chunk.
     """
     params = make_params(
-        min_size=min_size, avg_size=avg_size, max_size=max_size, normalization=normalization, seed=seed
+        min_size=min_size,
+        avg_size=avg_size,
+        max_size=max_size,
+        normalization=normalization,
+        seed=seed,
     )
     for base, view, ends in _stream(fileobj, params, read_size):
         start = 0

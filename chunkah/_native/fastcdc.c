@@ -1,5 +1,12 @@
 #include "fastcdc.h"
 
+/* Matches are rare (one in avg_size bytes): keep the loop body branch-predicted. */
+#if defined(__GNUC__)
+#define RARELY(x) __builtin_expect(!!(x), 0)
+#else
+#define RARELY(x) (x)
+#endif
+
 /* Length of the chunk that starts at src, as FastCDC-2020 (fastcdc-rs v2020,
  * pyfastcdc 0.3) defines it: the hash restarts at zero at min_size rounded down
  * to even, advances two bytes a step, and a match at position i cuts before i. */
@@ -22,18 +29,18 @@ static size_t cut_one(const chunkah_cdc_params *p, const uint8_t *src, size_t re
 
     for (; pos < mid; pos += 2) {
         hash = (hash << 2) + gear_ls[src[pos]];
-        if (!(hash & mask_s_ls))
+        if (RARELY(!(hash & mask_s_ls)))
             return pos;
         hash += gear[src[pos + 1]];
-        if (!(hash & mask_s))
+        if (RARELY(!(hash & mask_s)))
             return pos + 1;
     }
     for (; pos < end; pos += 2) {
         hash = (hash << 2) + gear_ls[src[pos]];
-        if (!(hash & mask_l_ls))
+        if (RARELY(!(hash & mask_l_ls)))
             return pos;
         hash += gear[src[pos + 1]];
-        if (!(hash & mask_l))
+        if (RARELY(!(hash & mask_l)))
             return pos + 1;
     }
     return remaining;

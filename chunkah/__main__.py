@@ -1,0 +1,3 @@
+from chunkah.cli import main
+
+raise SystemExit(main())
