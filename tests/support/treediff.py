@@ -127,6 +127,8 @@ def scan_tree(
     *ignore*: relative paths (their whole subtree is skipped) or fnmatch patterns.
     """
     broot = os.fsencode(root)
+    if isinstance(ignore, str | bytes):  # one pattern, not its characters
+        ignore = (ignore,)
     patterns = tuple(os.fsencode(p).rstrip(b"/") for p in ignore)
     if not os.path.isdir(broot) or os.path.islink(broot):
         raise NotADirectoryError(f"not a directory: {os.fsdecode(broot)}")
