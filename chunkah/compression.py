@@ -40,13 +40,25 @@ import zstandard
 if TYPE_CHECKING:  # collections.abc.Buffer is 3.12+
     from _typeshed import ReadableBuffer, WriteableBuffer
 
+_GZIP_ERRORS: tuple[type[BaseException], ...] = (zlib.error,)
 try:  # isal is a declared dependency, but keep working if a platform lacks wheels.
     from isal import igzip as _igzip
+    from isal.isal_zlib import error as _isal_error  # not an OSError subclass
 
     GZIP_READER = "isal"
+    _GZIP_ERRORS = (zlib.error, cast(type[BaseException], _isal_error))
 except ImportError:  # pragma: no cover - depends on the installation
     _igzip = None  # type: ignore[assignment]
     GZIP_READER = "zlib"
+
+# What the decoders raise on bad input (OSError covers gzip.BadGzipFile).
+_DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    zstandard.ZstdError,
+    OSError,
+    EOFError,
+    ValueError,
+    *_GZIP_ERRORS,
+)
 
 __all__ = [
     "DEFAULT_LEVELS",
@@ -132,6 +144,110 @@ class _PrefixedRaw(io.RawIOBase):
         return len(data)
 
 
+class _ZstdFrameTracker(io.RawIOBase):
+    """Follows zstd frame and block headers as bytes pass, to catch truncation.
+
+    Only headers are parsed (a few bytes per 128 KiB block); payloads are skipped
+    by length.  At EOF the stream must sit between two frames.
+    """
+
+    def __init__(self, source: BinaryIO) -> None:
+        self._source = source
+        self._state = "magic"
+        self._need = 4  # bytes still wanted by the current state
+        self._hdr = bytearray()  # header bytes collected for the current state
+        self._last_block = False
+        self._checksum = False
+        self._offset = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: WriteableBuffer) -> int:
+        view = memoryview(b).cast("B")
+        data = self._source.read(len(view))
+        n = len(data)
+        if n == 0:
+            if self._state != "magic" or self._hdr:
+                raise CompressionError(
+                    f"zstd stream truncated at byte {self._offset} (inside a frame)"
+                )
+            return 0
+        view[:n] = data
+        self._scan(data)
+        self._offset += n
+        return n
+
+    def _scan(self, data: bytes) -> None:
+        pos = 0
+        while pos < len(data):
+            if self._state in ("skip", "payload"):
+                step = min(self._need, len(data) - pos)
+                pos += step
+                self._need -= step
+                if self._need == 0:
+                    self._after_payload()
+                continue
+            step = min(self._need - len(self._hdr), len(data) - pos)
+            self._hdr += data[pos : pos + step]
+            pos += step
+            if len(self._hdr) == self._need:
+                hdr = bytes(self._hdr)
+                self._hdr.clear()
+                self._header_done(hdr)
+
+    def _header_done(self, hdr: bytes) -> None:
+        state = self._state
+        if state == "magic":
+            if hdr == _ZSTD_MAGIC:
+                self._state, self._need = "fhd", 1
+            elif hdr[1:4] == b"\x2a\x4d\x18" and hdr[0] & 0xF0 == 0x50:
+                self._state, self._need = "skip_size", 4
+            else:
+                raise CompressionError(
+                    f"zstd stream: no frame magic at byte {self._offset} (trailing garbage?)"
+                )
+        elif state == "skip_size":
+            size = int.from_bytes(hdr, "little")
+            self._state, self._need = "skip", size
+            if size == 0:
+                self._state, self._need = "magic", 4
+        elif state == "fhd":
+            fhd = hdr[0]
+            fcs_flag, single, did_flag = fhd >> 6, (fhd >> 5) & 1, fhd & 3
+            if fhd & 0x08:
+                raise CompressionError("zstd frame header has the reserved bit set")
+            self._checksum = bool(fhd & 0x04)
+            rest = (0 if single else 1) + (0, 1, 2, 4)[did_flag]
+            rest += (1 if single else 0, 2, 4, 8)[fcs_flag]
+            self._state, self._need = "frame_rest", rest
+            if rest == 0:
+                self._state, self._need = "block", 3
+        elif state == "frame_rest":
+            self._state, self._need = "block", 3
+        elif state == "block":
+            bh = int.from_bytes(hdr, "little")
+            self._last_block = bool(bh & 1)
+            btype, bsize = (bh >> 1) & 3, bh >> 3
+            if btype == 3:
+                raise CompressionError("zstd stream: reserved block type (corrupt data)")
+            self._state, self._need = "payload", 1 if btype == 1 else bsize
+            if self._need == 0:
+                self._after_payload()
+        elif state == "checksum":
+            self._state, self._need = "magic", 4
+
+    def _after_payload(self) -> None:
+        if self._state == "skip":
+            self._state, self._need = "magic", 4
+        elif not self._last_block:
+            self._state, self._need = "block", 3
+        elif self._checksum:
+            self._state, self._need = "checksum", 4
+        else:
+            self._state, self._need = "magic", 4
+
+
 class _DecompressedRaw(io.RawIOBase):
     """Maps each library's errors to :class:`CompressionError` and enforces a size cap."""
 
@@ -149,7 +265,7 @@ class _DecompressedRaw(io.RawIOBase):
             n = int(self._inner.readinto(b))
         except CompressionError:
             raise
-        except (zstandard.ZstdError, OSError, EOFError, zlib.error, ValueError) as exc:
+        except _DECODE_ERRORS as exc:
             raise CompressionError(f"corrupt {self._fmt} stream: {exc}") from exc
         self._total += n
         if self._limit is not None and self._total > self._limit:
@@ -198,7 +314,10 @@ def open_decompressed(
             inner = gzip.GzipFile(fileobj=src, mode="rb")
     elif fmt is Compression.ZSTD:
         dctx = zstandard.ZstdDecompressor(max_window_size=max_window_size)
-        inner = dctx.stream_reader(src, read_size=_READ_BUFFER, read_across_frames=True)
+        # The tracker sits between source and decoder: python-zstandard's reader
+        # reports a stream cut mid-frame as a clean EOF, the tracker does not.
+        tracked = io.BufferedReader(_ZstdFrameTracker(src), _READ_BUFFER)
+        inner = dctx.stream_reader(tracked, read_size=_READ_BUFFER, read_across_frames=True)
     else:
         inner = src
     raw = _DecompressedRaw(inner, fmt, limit)
