@@ -1,8 +1,10 @@
 """Real Debian bookworm root filesystems built with ``mmdebstrap``, cached.
 
-Two recipes: ``TINY`` (a custom variant of about 33 packages, docs, man pages
-and locales excluded; most tests) and ``MINBASE`` (``--variant=minbase``).
-Both are built with ``SOURCE_DATE_EPOCH=1700000000``.
+Recipes: ``TINY`` (a custom variant of 33 packages, docs, man pages and
+locales excluded; most tests, about 40 MB), ``MINBASE`` (``--variant=minbase``,
+about 180 MB) and ``LARGE`` (minbase plus python3, perl, gcc, git, ...: a
+300+ MB tree for benchmarks; no fixture builds it).  All are built with
+``SOURCE_DATE_EPOCH=1700000000``.
 
 Cache layout, under ``$CHUNKAH_TEST_CACHE`` (default ``~/.cache/chunkah-tests``)::
 
@@ -81,6 +83,12 @@ TINY = DebianRecipe(
     ),
 )
 MINBASE = DebianRecipe(name="minbase", options=("--variant=minbase",))
+#: minbase plus toolchains and interpreters: a 300+ MB tree for benchmarks.
+LARGE = DebianRecipe(
+    name="large",
+    options=("--variant=minbase", "--include=python3,perl,gcc,git,openssh-client,curl"),
+)
+RECIPES = {r.name: r for r in (TINY, MINBASE, LARGE)}
 
 
 @dataclass(frozen=True)
@@ -229,7 +237,9 @@ def copy_tree(src: Path, dst: Path) -> Path:
 
 
 __all__ = [
+    "LARGE",
     "MINBASE",
+    "RECIPES",
     "TINY",
     "DebianRecipe",
     "DebianRootfs",
