@@ -3,7 +3,6 @@
 See docs/tree.md for the model, the xattr policy, prune rules and the tar format.
 """
 
-from chunkah.tree.compression import Compression, detect_compression, open_decompressed
 from chunkah.tree.dir_reader import parse_prune, read_dir
 from chunkah.tree.errors import SpecialFileError, TarFormatError, TreeError, UnsafeEntryError
 from chunkah.tree.extract import ExtractResult, extract_tar
@@ -25,7 +24,6 @@ from chunkah.tree.tar_reader import TarMember, flatten_layers, iter_tar_members,
 from chunkah.tree.tar_writer import WrittenTar, tar_header, write_tar
 
 __all__ = [
-    "Compression",
     "Content",
     "EmptyContent",
     "Entry",
@@ -41,14 +39,12 @@ __all__ = [
     "TreeError",
     "UnsafeEntryError",
     "WrittenTar",
-    "detect_compression",
     "extract_tar",
     "filter_xattrs",
     "flatten_layers",
     "iter_tar_members",
     "keep_xattr",
     "normalize_path",
-    "open_decompressed",
     "parse_prune",
     "path_sort_key",
     "read_dir",

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from chunkah.errors import InputError
+
 
 def show_path(path: bytes | str) -> str:
     """Render a path for an error message, keeping non-UTF-8 bytes visible."""
@@ -17,7 +19,7 @@ def show_path(path: bytes | str) -> str:
     return path.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace") or "."
 
 
-class TreeError(Exception):
+class TreeError(InputError):
     """The tree or archive cannot be read, written or extracted as asked."""
 
 

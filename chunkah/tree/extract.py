@@ -17,6 +17,7 @@ import tarfile
 from dataclasses import dataclass
 from typing import IO
 
+from chunkah.compression import CompressionError
 from chunkah.tree.errors import TarFormatError, TreeError, UnsafeEntryError, show_path
 from chunkah.tree.model import Entry, EntryType, normalize_path, parent_of
 from chunkah.tree.tar_reader import TAR_TYPES, TarSource, fs_bytes, header_entry, open_tarfile
@@ -337,16 +338,16 @@ def extract_tar(
         apply_xattrs=apply_xattrs,
     )
     try:
-        with open_tarfile(source) as (tf, _range_path):
-            try:
+        try:
+            with open_tarfile(source) as (tf, _range_path):
                 while True:
                     ti = tf.next()
                     if ti is None:
                         break
                     tf.members.clear()  # type: ignore[attr-defined]
                     ex.add(ti, tf)
-            except (tarfile.TarError, EOFError) as exc:
-                raise TarFormatError(f"not a readable tar stream: {exc}") from exc
+        except (tarfile.TarError, EOFError, CompressionError) as exc:
+            raise TarFormatError(f"not a readable tar stream: {exc}") from exc
         ex.finish()
     finally:
         ex.close()

@@ -12,9 +12,9 @@ import tempfile
 import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import IO
+from typing import IO, BinaryIO
 
-from chunkah.tree.compression import Compression, detect_compression, open_decompressed
+from chunkah.compression import Compression, CompressionError, detect_compression, open_decompressed
 from chunkah.tree.errors import TarFormatError, TreeError, UnsafeEntryError, show_path
 from chunkah.tree.model import (
     Content,
@@ -32,7 +32,7 @@ from chunkah.tree.model import (
 
 __all__ = ["TarSource", "flatten_layers", "iter_tar_members", "read_tar"]
 
-TarSource = str | bytes | os.PathLike[str] | os.PathLike[bytes] | IO[bytes]
+TarSource = str | bytes | os.PathLike[str] | os.PathLike[bytes] | BinaryIO
 
 _BLOCK = 1 << 20
 _WHITEOUT_PREFIX = b".wh."
@@ -135,7 +135,7 @@ def open_tarfile(
     with contextlib.ExitStack() as stack:
         if isinstance(source, (str, bytes, os.PathLike)):
             path = os.fsencode(source)
-            fobj: IO[bytes] = stack.enter_context(open(path, "rb"))
+            fobj: BinaryIO = stack.enter_context(open(path, "rb"))
             head = fobj.read(6)
             fobj.seek(0)
             if detect_compression(head) is Compression.NONE:
@@ -143,7 +143,7 @@ def open_tarfile(
                 return
         else:
             fobj = source
-        stream, _kind = open_decompressed(fobj)
+        stream = stack.enter_context(open_decompressed(fobj))
         yield stack.enter_context(tarfile.open(fileobj=stream, mode="r|", **kw)), None  # type: ignore[call-overload]
 
 
@@ -187,7 +187,7 @@ def iter_tar_members(
                         content = spool.copy(src, ti.size, path)
                     entry = replace(entry, content=content)
                 yield TarMember(entry)
-    except (tarfile.TarError, EOFError) as exc:
+    except (tarfile.TarError, EOFError, CompressionError) as exc:
         raise TarFormatError(f"not a readable tar stream: {exc}") from exc
 
 
