@@ -125,8 +125,13 @@ def select_manifest(
     want = platform or host_platform()
     parent: Descriptor | None = None
     for _depth in range(8):  # nested indexes are legal; loops are not
-        if len(candidates) == 1 and platform is None:
-            chosen = candidates[0]
+        single = candidates[0] if len(candidates) == 1 else None
+        if single is not None and (
+            platform is None or single.platform is None or single.media_type in mt.INDEX_TYPES
+        ):
+            # One entry: take it (an index is opened below; a manifest that declares
+            # no platform is what the user pointed at).
+            chosen = single
         else:
             chosen = _pick_platform(candidates, want, where)
         if chosen.media_type in mt.MANIFEST_TYPES:
