@@ -47,6 +47,24 @@ def docker_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runnin
 
 
 @pytest.fixture(scope="session")
+def docker_registry_redirect(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RunningRegistry]:
+    """docker-registry whose blob GETs answer 307 to a Range-capable static server.
+
+    Like a registry behind a CDN: ``.blob_server.requests`` logs what the
+    redirected requests asked for (Range header) and got (status, bytes).
+    Multi-range requests get ``multipart/byteranges``; for other behaviours
+    start your own with ``start_registry(dir, redirect=True, multirange="full")``.
+    """
+    reg = start_registry(tmp_path_factory.mktemp("docker-registry-redirect"), redirect=True)
+    try:
+        yield reg
+    finally:
+        reg.stop()
+
+
+@pytest.fixture(scope="session")
 def debian_tiny_rootfs() -> debian.DebianRootfs:
     """A 33-package Debian bookworm rootfs (cached; about 20 s to build once).
 

@@ -22,7 +22,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from .blobserver import BlobServer, start_blob_server
 from .tools import ToolError, require_tool
 
 # 127.0.0.1 - - [22/Nov/2026:01:23:20 +0000] "GET /v2/ HTTP/1.1" 200 2 "" "curl/7.88.1"
@@ -94,6 +96,8 @@ class RunningRegistry:
     app_log: Path  # the registry's stderr: its own (logrus) log
     pid: int
     _proc: subprocess.Popen[bytes] = field(repr=False)
+    #: With ``redirect=True``: the server that blob GETs are redirected (307) to.
+    blob_server: BlobServer | None = None
 
     def ref(self, repo: str, tag: str = "latest") -> str:
         """``docker://HOST/REPO:TAG``."""
@@ -137,6 +141,8 @@ class RunningRegistry:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the process we started, by its pid: SIGTERM, then SIGKILL."""
+        if self.blob_server is not None:
+            self.blob_server.stop()
         if self._proc.poll() is not None:
             return
         os.kill(self.pid, signal.SIGTERM)
@@ -194,21 +200,29 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, app_log: Path, timeout:
 def start_registry(
     workdir: str | os.PathLike[str],
     *,
+    redirect: bool = False,
+    multirange: str = "multipart",
     redirect_baseurl: str | None = None,
     ready_timeout: float = 20.0,
     attempts: int = 3,
 ) -> RunningRegistry:
     """Start ``docker-registry serve`` with storage under *workdir*.
 
-    With *redirect_baseurl*, the ``redirect`` storage middleware answers blob
-    GETs with 307 to ``BASEURL/docker/registry/v2/blobs/...`` (serve the storage
-    directory there yourself).  A port taken between probe and bind is retried.
+    With *redirect*, the ``redirect`` storage middleware answers blob GETs with
+    307 to a ``BlobServer`` (started here, stopped with the registry) that serves
+    the storage directory with Range support and answers multi-range requests
+    as *multirange* says (see ``blobserver``).  *redirect_baseurl* redirects to a
+    server of your own instead.  A port taken between probe and bind is retried.
     """
     exe = require_tool("docker-registry")
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     storage = work / "storage"
     storage.mkdir(exist_ok=True)
+    blob_server = None
+    if redirect:
+        blob_server = start_blob_server(storage, multirange=multirange)
+        redirect_baseurl = blob_server.url + "/"
     error: ToolError | None = None
     for attempt in range(attempts):
         port = free_port()
@@ -234,6 +248,8 @@ def start_registry(
                 proc.wait(timeout=10)
             if "address already in use" in app_log.read_text(errors="replace"):
                 continue
+            if blob_server is not None:
+                blob_server.stop()
             raise
         return RunningRegistry(
             host=f"127.0.0.1:{port}",
@@ -245,15 +261,18 @@ def start_registry(
             app_log=app_log,
             pid=proc.pid,
             _proc=proc,
+            blob_server=blob_server,
         )
+    if blob_server is not None:
+        blob_server.stop()
     assert error is not None
     raise error
 
 
 @contextmanager
-def running_registry(workdir: str | os.PathLike[str], **kw: object) -> Iterator[RunningRegistry]:
+def running_registry(workdir: str | os.PathLike[str], **kw: Any) -> Iterator[RunningRegistry]:
     """``start_registry`` as a context manager that always stops it."""
-    reg = start_registry(workdir, **kw)  # type: ignore[arg-type]
+    reg = start_registry(workdir, **kw)
     try:
         yield reg
     finally:
