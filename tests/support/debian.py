@@ -2,8 +2,8 @@
 
 Recipes: ``TINY`` (a custom variant of 33 packages, docs, man pages and
 locales excluded; most tests, about 40 MB), ``MINBASE`` (``--variant=minbase``,
-about 180 MB) and ``LARGE`` (minbase plus python3, perl, gcc, git, ...: a
-300+ MB tree for benchmarks; no fixture builds it).  All are built with
+about 180 MB) and ``LARGE`` (minbase plus python3, perl, gcc, git, ...: about
+450 MB and 12,500 entries, for benchmarks; no fixture builds it).  All are built with
 ``SOURCE_DATE_EPOCH=1700000000``.
 
 Cache layout, under ``$CHUNKAH_TEST_CACHE`` (default ``~/.cache/chunkah-tests``)::
@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .tools import mmdebstrap, run
+from .tools import ToolError, mmdebstrap, run
 
 SOURCE_DATE_EPOCH = 1700000000
 MIRROR = "http://deb.debian.org/debian"
@@ -184,6 +184,11 @@ def build_rootfs(recipe: DebianRecipe, cache: Path | None = None) -> DebianRootf
     cached = True
     with file_lock(base / f".{recipe.name}-{key}.lock"):
         if not final.is_dir():
+            if os.geteuid() != 0:
+                raise ToolError(
+                    f"building the Debian rootfs {recipe.name!r} needs root "
+                    f"(mmdebstrap, real owners and modes); not cached in {base}"
+                )
             cached = False
             _build_into(recipe, base, final)
     meta = json.loads((final / "recipe.json").read_text())

@@ -153,7 +153,9 @@ class _Maker:
         try:
             os.setxattr(self.p(rel), name, value, follow_symlinks=False)
         except OSError as exc:
-            self.t.skipped.append(f"xattr {name} on {rel!r}: {errno.errorcode.get(exc.errno, exc)}")
+            self.t.skipped.append(
+                f"xattr {name} on {rel!r}: {errno.errorcode.get(exc.errno or 0, str(exc))}"
+            )
             return
         target = self.t.kept_xattrs if kept else self.t.dropped_xattrs
         target.setdefault(rel, {})[name] = value

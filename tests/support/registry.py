@@ -131,10 +131,11 @@ class RunningRegistry:
             elif time.monotonic() - stable_since >= quiet:
                 return
 
-    def get_json(self, path: str) -> dict:
+    def get_json(self, path: str) -> dict[str, Any]:
         """GET ``url + path`` and parse JSON (e.g. ``/v2/_catalog``)."""
         with urllib.request.urlopen(self.url + path, timeout=10) as resp:
-            return json.loads(resp.read())
+            doc: dict[str, Any] = json.loads(resp.read())
+            return doc
 
     def alive(self) -> bool:
         return self._proc.poll() is None
@@ -157,7 +158,7 @@ def write_config(
     path: Path, storage: Path, port: int, *, redirect_baseurl: str | None = None
 ) -> None:
     """A minimal distribution 2.8 config (YAML is a superset of JSON)."""
-    cfg: dict = {
+    cfg: dict[str, Any] = {
         "version": 0.1,
         "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": False}},
         "storage": {

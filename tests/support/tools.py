@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 DEFAULT_TIMEOUT = 300.0
 
@@ -134,7 +135,7 @@ def skopeo_inspect(
     *,
     parse: bool = True,
     timeout: float = 120.0,
-) -> dict | bytes:
+) -> dict[str, Any] | bytes:
     """``skopeo inspect [--raw] [--config] REF``.
 
     Returns the parsed JSON, or the exact bytes when ``parse=False`` (with
@@ -151,7 +152,8 @@ def skopeo_inspect(
     out = run(argv, timeout=timeout).stdout
     if not parse:
         return out
-    return json.loads(out)
+    doc: dict[str, Any] = json.loads(out)
+    return doc
 
 
 # --- umoci --------------------------------------------------------------------
