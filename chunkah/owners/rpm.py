@@ -172,12 +172,16 @@ def package_from_header(blob: bytes) -> RpmPackage:
     )
 
 
-def read_rpmdb(db_file: str | os.PathLike[str], *, shown_as: bytes | str) -> list[RpmPackage]:
+def read_rpmdb(
+    db_file: str | os.PathLike[str], *, shown_as: bytes | str, immutable: bool = True
+) -> list[RpmPackage]:
     """Every package in an ``rpmdb.sqlite`` on disk, in ``hnum`` order.
 
     ``shown_as`` is the path error messages use (the path inside the tree).
+    ``immutable`` opens without any locking or WAL (nothing is written next to
+    the file); pass False for a private copy whose WAL must be replayed.
     """
-    uri = "file:" + quote(os.fspath(db_file)) + "?mode=ro&immutable=1"
+    uri = "file:" + quote(os.fspath(db_file)) + "?mode=ro" + ("&immutable=1" if immutable else "")
     try:
         con = sqlite3.connect(uri, uri=True)
     except sqlite3.Error as exc:
@@ -203,19 +207,31 @@ def read_rpmdb(db_file: str | os.PathLike[str], *, shown_as: bytes | str) -> lis
 
 
 @contextmanager
-def _on_disk(tree: Tree, canon: PathCanonicalizer, path: bytes) -> Iterator[str]:
-    """A host path of the tree's database file; a private copy unless it is a plain file."""
+def _on_disk(tree: Tree, canon: PathCanonicalizer, path: bytes) -> Iterator[tuple[str, bool]]:
+    """A host path of the tree's database and whether it may be opened ``immutable``.
+
+    A plain file with an empty (or no) write-ahead log is used in place. Otherwise
+    the database, and its WAL when it has one, are copied to a private
+    directory, so SQLite can replay the log without writing into the tree.
+    """
     entry = tree.get(canon.resolve(path))
     if entry is None or entry.type is not EntryType.FILE or entry.content is None:
         raise DatabaseError(path, "is not a regular file")
-    if isinstance(entry.content, FileContent):
-        yield os.fsdecode(entry.content.path)
+    wal = tree.get(canon.resolve(path + b"-wal"))
+    has_wal = wal is not None and wal.type is EntryType.FILE and wal.size > 0
+    if isinstance(entry.content, FileContent) and not has_wal:
+        yield os.fsdecode(entry.content.path), True
         return
     with tempfile.TemporaryDirectory(prefix="chunkah-rpmdb-") as tmp:
         dst = os.path.join(tmp, "rpmdb.sqlite")
-        with entry.content.open() as src, open(dst, "wb") as out:
-            shutil.copyfileobj(src, out, 1 << 20)
-        yield dst
+        todo = [(entry, dst)]
+        if has_wal and wal is not None:
+            todo.append((wal, dst + "-wal"))
+        for e, name in todo:
+            assert e.content is not None
+            with e.content.open() as src, open(name, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+        yield dst, not has_wal
 
 
 class RpmSource:
@@ -250,8 +266,8 @@ class RpmSource:
                 "is a Berkeley DB or ndb rpmdb; only the sqlite backend is read "
                 "(convert it with rpmdb --rebuilddb --define '_db_backend sqlite')",
             )
-        with _on_disk(tree, canon, path) as db_file:
-            packages = read_rpmdb(db_file, shown_as=path)
+        with _on_disk(tree, canon, path) as (db_file, immutable):
+            packages = read_rpmdb(db_file, shown_as=path, immutable=immutable)
         namespace = os_release(tree, canon).get("ID", "")
         db_dirs = {canon.resolve(d) for d in RPMDB_DIRS}
         by_source: dict[str, list[RpmPackage]] = {}
