@@ -82,6 +82,7 @@ class _Pkg:
     builddate: int | None
     files: list[bytes]
     mtree: dict[bytes, tuple[int | None, str]]
+    entry_paths: list[bytes]
 
 
 def _first(sections: dict[str, list[bytes]], key: str) -> str:
@@ -120,9 +121,13 @@ class AlpmSource:
         dbpath = self._dbpath(tree, canon)
         local = canon.resolve(dbpath + b"/local")
         pkgs = []
-        for d in tree.paths():
-            if not d.startswith(local + b"/") or b"/" in d[len(local) + 1 :]:
-                continue
+        # local/NAME-VER-REL/ directories and everything inside each, in one pass.
+        entries: dict[bytes, list[bytes]] = {}
+        for q in tree.paths():
+            if q.startswith(local + b"/"):
+                top = q[len(local) + 1 :].split(b"/", 1)[0]
+                entries.setdefault(local + b"/" + top, []).append(q)
+        for d, inside in entries.items():
             if tree[d].type is not EntryType.DIR:
                 continue
             desc_path = d + b"/desc"
@@ -147,6 +152,7 @@ class AlpmSource:
                     builddate=int(bd) if bd.isdigit() else None,
                     files=files,
                     mtree=parse_mtree(mtree_text) if mtree_text else {},
+                    entry_paths=inside,
                 )
             )
         namespace = os_release(tree, canon).get("ID") or "arch"
@@ -173,6 +179,9 @@ class AlpmSource:
                 stability=stability_from_dates(dates, build_epoch=build_epoch),
             )
             for p in members:
+                # The package's own database entry changes exactly when it does.
+                for q in p.entry_paths:
+                    claims.append(Claim(path=q, component=comp, db_path=q))
                 for raw in p.files:
                     rel = normalize_path(raw)
                     m = p.mtree.get(rel)
