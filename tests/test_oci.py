@@ -314,6 +314,17 @@ def test_blob_longer_than_its_descriptor_is_rejected(tmp_path: Path) -> None:
         r.read()
 
 
+def test_blob_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    desc = build(tmp_path / "img", compression="none")
+    image = oci.resolve_image(f"oci:{tmp_path / 'img'}:latest")
+    blob = OciLayout.open(tmp_path / "img").blob_path(image.layers[0].digest)
+    blob.unlink()
+    blob.symlink_to("/dev/zero")
+    with pytest.raises(InvalidImageError, match="not a regular file"):
+        image.open_layer(0)
+    assert desc.digest == image.digest
+
+
 def test_wrong_diff_id_is_rejected(tmp_path: Path) -> None:
     layout = OciLayout.create(tmp_path / "l")
     desc, _ = oci.add_layer(layout, io.BytesIO(make_tar(FILES)), "zstd")

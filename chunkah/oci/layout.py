@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -334,6 +335,10 @@ class OciLayout:
             raise BlobNotFoundError(
                 f"{self.path}: blob {desc.digest} ({desc.media_type}) is missing"
             ) from None
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            # A hostile layout could point a blob at /dev/zero or a FIFO.
+            f.close()
+            raise InvalidImageError(f"{self.path}: blob {desc.digest} is not a regular file")
         return read_verified(f, desc.digest, desc.size, what=desc.media_type)
 
     def blob_writer(self) -> BlobWriter:
