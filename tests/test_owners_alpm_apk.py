@@ -7,12 +7,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from support.owners_fixtures import build_alpm_root, file_entry, write_apk_root
 
 from chunkah.owners import DatabaseError, Ownership, assign_components
 from chunkah.owners.apk import parse_installed
 from chunkah.tree import Tree, read_dir
-
-from support.owners_fixtures import build_alpm_root, file_entry, write_apk_root
 
 EPOCH = 1700000000
 

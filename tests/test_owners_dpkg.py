@@ -8,14 +8,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from support import debian
+from support.owners_fixtures import file_entry
 
 from chunkah.owners import DatabaseError, Ownership, assign_components
 from chunkah.owners.dpkg import parse_changelog_dates
 from chunkah.tree import Tree, read_dir
 from chunkah.tree.model import EntryType
-
-from support import debian
-from support.owners_fixtures import file_entry
 
 EPOCH = debian.SOURCE_DATE_EPOCH
 # Files below usr/ that no package lists in bookworm: a symlink debian's

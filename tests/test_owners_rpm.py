@@ -8,12 +8,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from support.owners_fixtures import build_rpm_root, file_entry, rpm_query
 
 from chunkah.owners import DatabaseError, Ownership, assign_components
 from chunkah.owners.rpm import parse_srpm_name, read_rpmdb
 from chunkah.tree import Tree, read_dir
-
-from support.owners_fixtures import build_rpm_root, file_entry, rpm_query
 
 EPOCH = 1700000000
 DB = "usr/lib/sysimage/rpm/rpmdb.sqlite"
@@ -123,7 +122,7 @@ def test_corrupt_blob_names_the_database(rpm_root: Path, tmp_path: Path) -> None
 def test_not_sqlite_names_the_database(rpm_root: Path, tmp_path: Path) -> None:
     tree = Tree(read_dir(rpm_root))
     tree.add(file_entry(tmp_path, DB.encode(), b"this is not a database" * 100))
-    with pytest.raises(DatabaseError, match="rpmdb.sqlite"):
+    with pytest.raises(DatabaseError, match=r"rpmdb\.sqlite"):
         assign_components(tree, build_epoch=EPOCH)
 
 

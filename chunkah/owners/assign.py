@@ -205,6 +205,7 @@ def assign_components(
     _join_hardlinks(tree, best)
     unclaimed = [p for p in unclaimed if p not in best]
     offer(TIER_BIGFILE, "bigfile", claim_big_files(tree, unclaimed, min_size=big_file_size))
+    _directories_follow_children(tree, paths, best)
 
     owner: dict[bytes, Component] = {}
     members: dict[str, list[bytes]] = {}
@@ -269,6 +270,33 @@ def _pyc_claims(tree: Tree, best: dict[bytes, tuple[int, str, Component]]) -> li
         if cache_dir not in best:
             out.append(Claim(path=cache_dir, component=owner[2], db_path=cache_dir))
     return out
+
+
+def _directories_follow_children(
+    tree: Tree, paths: list[bytes], best: dict[bytes, tuple[int, str, Component]]
+) -> None:
+    """An unclaimed directory whose entries all belong to one component joins it.
+
+    RECORD files and xattr-less trees name files, not directories; this keeps a
+    wheel's directories with the wheel. Children are decided before parents
+    (reverse canonical order); an empty or mixed directory stays unclaimed.
+    """
+    verdict: dict[bytes, Component | None] = {}  # parent -> the one component, or None
+    for p in reversed(paths):
+        rank = best.get(p)
+        if rank is None and tree[p].type is EntryType.DIR and verdict.get(p) is not None:
+            comp = verdict[p]
+            assert comp is not None
+            rank = (TIER_BIGFILE + 1, comp.name, comp)
+            best[p] = rank
+        if not p:
+            continue
+        parent = p.rpartition(b"/")[0]
+        mine = rank[2] if rank is not None else None
+        if parent not in verdict:
+            verdict[parent] = mine
+        elif verdict[parent] is not mine:
+            verdict[parent] = None
 
 
 def _join_hardlinks(tree: Tree, best: dict[bytes, tuple[int, str, Component]]) -> None:

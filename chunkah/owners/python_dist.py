@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import hashlib
 import io
 import re
 from collections.abc import Iterable
@@ -55,9 +56,11 @@ def parse_record(data: bytes, path: bytes) -> list[tuple[str, Digest | None, int
             if not sep or algo not in _HASHES:
                 raise DatabaseError(path, f"row {n}: unknown hash {row[1][:40]!r}")
             try:
-                raw = base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4))
+                raw = base64.b64decode(b64 + "=" * (-len(b64) % 4), altchars=b"-_", validate=True)
             except (binascii.Error, ValueError) as exc:
                 raise DatabaseError(path, f"row {n}: bad base64 digest") from exc
+            if len(raw) != hashlib.new(algo).digest_size:
+                raise DatabaseError(path, f"row {n}: {algo} digest has {len(raw)} bytes")
             digest = Digest(algo, raw.hex())
         size = None
         if len(row) > 2 and row[2]:

@@ -309,7 +309,7 @@ def numpy_target(version: str = "2.4.0") -> Path:
                     "--python-version",
                     "3.11",
                     "--platform",
-                    "manylinux_2_17_x86_64",
+                    "manylinux_2_28_x86_64",  # numpy >= 2.3 ships manylinux_2_28 wheels only
                     "--implementation",
                     "cp",
                     f"numpy=={version}",
