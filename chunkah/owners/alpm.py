@@ -51,6 +51,8 @@ def parse_mtree(text: bytes) -> dict[bytes, tuple[int | None, str]]:
         if not line or line.startswith(b"#"):
             continue
         fields = line.split()
+        if not fields:
+            continue
         if fields[0] == b"/set":
             for kv in fields[1:]:
                 k, _, v = kv.partition(b"=")
