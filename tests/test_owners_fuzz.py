@@ -123,3 +123,16 @@ def test_whole_dpkg_source(tmp_path: Path, status: bytes, listing: bytes, md5: b
     except DatabaseError:
         return
     assert sorted(p for c in o.components() for p in o.paths_of(c.name)) == sorted(tree.paths())
+
+
+@FUZZ
+@given(
+    st.lists(st.sampled_from([b"/", b".", b"..", b"a", b"bc", b"./", b"//"]), max_size=8).map(
+        b"".join
+    )
+)
+def test_db_path_key_matches_normalize_path(raw: bytes) -> None:
+    from chunkah.owners.canon import db_path_key
+    from chunkah.tree.model import normalize_path
+
+    assert db_path_key(raw) == normalize_path(raw)

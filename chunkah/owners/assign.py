@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from chunkah.owners.alpm import AlpmSource
 from chunkah.owners.apk import ApkSource
 from chunkah.owners.bigfiles import BIG_FILE_SIZE, claim_big_files
-from chunkah.owners.canon import PathCanonicalizer
+from chunkah.owners.canon import PathCanonicalizer, db_path_key
 from chunkah.owners.dpkg import DpkgSource
 from chunkah.owners.model import UNCLAIMED, XATTR_KIND, Claim, Component
 from chunkah.owners.python_dist import PythonDistSource
@@ -32,7 +32,7 @@ from chunkah.owners.reclaim import RECLAIM_BUDGET, reclaim_by_digest
 from chunkah.owners.rpm import RpmSource
 from chunkah.owners.source import OwnershipSource
 from chunkah.owners.xattr import XattrSource
-from chunkah.tree.model import EntryType, Tree, normalize_path, path_sort_key
+from chunkah.tree.model import EntryType, Tree, path_sort_key
 
 __all__ = [
     "PACKAGE_SOURCES",
@@ -157,7 +157,7 @@ def assign_components(
         st = stats.setdefault(kind, SourceStats())
         for c in claims:
             st.claims += 1
-            if c.db_path is not None and c.path != normalize_path(c.db_path):
+            if c.db_path is not None and c.path != db_path_key(c.db_path):
                 st.canonicalised += 1
             if c.path not in tree:
                 st.absent += 1

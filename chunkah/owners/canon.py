@@ -12,9 +12,31 @@ from __future__ import annotations
 
 from chunkah.tree.model import EntryType, Tree, normalize_path
 
-__all__ = ["MAX_SYMLINK_HOPS", "PathCanonicalizer"]
+__all__ = ["MAX_SYMLINK_HOPS", "PathCanonicalizer", "db_path_key"]
 
 MAX_SYMLINK_HOPS = 40  # Linux's MAXSYMLINKS
+
+
+def db_path_key(raw: bytes | str) -> bytes:
+    """A database path in the tree model's form (no leading '/', no '.' parts).
+
+    Same result as :func:`normalize_path`, with a fast path for the common
+    already-clean ``/usr/bin/x`` spelling (databases hold tens of thousands).
+    """
+    if isinstance(raw, bytes) and raw[:1] == b"/":
+        q = raw[1:]
+        if (
+            q
+            and q != b"."
+            and b"//" not in q
+            and b"/./" not in q
+            and q[-1:] != b"/"
+            and q[:2] != b"./"
+            and q[-2:] != b"/."
+            and q[:1] != b"/"
+        ):
+            return q
+    return normalize_path(raw)
 
 
 class PathCanonicalizer:
@@ -31,7 +53,7 @@ class PathCanonicalizer:
         rest of the path unresolved rather than failing: the path then simply
         does not exist in the tree and counts as listed-but-absent.
         """
-        path = normalize_path(db_path)
+        path = db_path_key(db_path)
         i = path.rfind(b"/")
         if i < 0:
             return path

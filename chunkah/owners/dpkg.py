@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from chunkah.owners.canon import PathCanonicalizer
+from chunkah.owners.canon import PathCanonicalizer, db_path_key
 from chunkah.owners.errors import DatabaseError
 from chunkah.owners.model import BinaryPackage, Claim, Component, Digest
 from chunkah.owners.purl import make_purl
@@ -123,7 +123,7 @@ class DpkgSource:
                 for p in info_files.get(stem.encode(), ()):
                     claims.append(Claim(path=p, component=comp, db_path=p))
             for raw in listed:
-                db = normalize_path(raw)
+                db = db_path_key(raw)
                 div = diversions.get(db)
                 # Another package (or the admin, ":") diverted this path: the
                 # file this package shipped lives at the divert-to path.
