@@ -78,6 +78,64 @@ def _cmd_chunk(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_printer(args: argparse.Namespace) -> Callable[[str], None]:
+    if args.json or args.quiet:
+        return lambda _msg: None
+    return lambda msg: print(f"chunkah: {msg}", file=sys.stderr)
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from chunkah import build, oci
+    from chunkah.compression import Compression
+
+    options = build.BuildOptions(
+        tag=args.tag,
+        compression=Compression(args.compression),
+        level=args.level,
+        workers=args.workers,
+        labels=oci.parse_label_edits(args.label),
+        annotations=oci.parse_annotations(args.annotation),
+        arch=args.arch,
+        base_config=Path(args.config) if args.config else None,
+        prune=args.prune,
+        skip_special_files=args.skip_special_files,
+        include_special_files=args.include_special_files,
+    )
+    result = build.build(args.source, args.output, options, progress=_progress_printer(args))
+    payload = result.to_json()
+
+    def render() -> None:
+        print(f"{result.destination}: manifest {result.manifest.digest}")
+        for layer in result.layers:
+            print(
+                f"  {layer.name}: {layer.descriptor.digest} {layer.descriptor.size} bytes "
+                f"({layer.digests.uncompressed_size} uncompressed, {layer.entries} entries)"
+            )
+        print(f"built in {result.seconds:.2f} s")
+
+    _emit(args, payload, render)
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from chunkah import oci
+
+    info = oci.inspect_image(args.ref)
+
+    def render() -> None:
+        print(f"{info['reference']}")
+        print(f"  digest:   {info['digest']} ({info['mediaType']})")
+        print(f"  platform: {info['platform']}   created: {info['created']}")
+        for key, value in sorted((info.get("labels") or {}).items()):
+            print(f"  label:    {key}={value}")
+        print(f"  layers:   {len(info['layers'])}, {info['layersSize']} bytes")
+        for layer in info["layers"]:
+            print(f"    {layer['digest']} {layer['size']:>12} {layer['mediaType']}")
+
+    _emit(args, info, render)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chunkah",
@@ -94,6 +152,68 @@ def build_parser() -> argparse.ArgumentParser:
     chunk.add_argument("--digests", action="store_true", help="include each chunk's sha256")
     chunk.add_argument("--json", action="store_true", help="one JSON document on stdout")
     chunk.set_defaults(handler=_cmd_chunk)
+
+    b = sub.add_parser("build", help="build an image from a rootfs directory or an existing image")
+    b.add_argument("source", metavar="SOURCE", help="DIR, oci:DIR[:TAG] or oci-archive:FILE[:TAG]")
+    b.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="DEST",
+        help="oci:DIR[:TAG] or oci-archive:FILE[:TAG]",
+    )
+    b.add_argument("--tag", help="tag to record in index.json (overrides DEST's :TAG)")
+    b.add_argument(
+        "--compression",
+        choices=["none", "gzip", "zstd"],
+        default="none",
+        help="layer compression (default: none, like coreos/chunkah)",
+    )
+    b.add_argument("--level", type=int, help="compression level")
+    b.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="threads for layers/compression (output is identical)",
+    )
+    b.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="K=V|K-",
+        help="set or remove a config label",
+    )
+    b.add_argument(
+        "--annotation", action="append", default=[], metavar="K=V", help="manifest annotation"
+    )
+    b.add_argument("--arch", help="architecture (aliases such as x86_64, aarch64 accepted)")
+    b.add_argument(
+        "--config", metavar="FILE", help="base config: OCI config or podman/docker inspect JSON"
+    )
+    b.add_argument(
+        "--prune",
+        action="append",
+        default=[],
+        metavar="/P[/]",
+        help="drop /P and below (or only what is below /P/)",
+    )
+    special = b.add_mutually_exclusive_group()
+    special.add_argument(
+        "--skip-special-files", action="store_true", help="leave out devices and fifos"
+    )
+    special.add_argument(
+        "--include-special-files",
+        action="store_true",
+        help="archive devices and fifos (default: error)",
+    )
+    b.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    b.add_argument("-q", "--quiet", action="store_true")
+    b.set_defaults(handler=_cmd_build)
+
+    ins = sub.add_parser("inspect", help="show an image's manifest, config and layers")
+    ins.add_argument("ref", metavar="REF", help="oci:DIR[:TAG] or oci-archive:FILE[:TAG]")
+    ins.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    ins.set_defaults(handler=_cmd_inspect)
     return parser
 
 

@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import zstandard
 
+from chunkah.errors import InputError
+
 if TYPE_CHECKING:  # collections.abc.Buffer is 3.12+
     from _typeshed import ReadableBuffer, WriteableBuffer
 
@@ -82,7 +84,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
-class CompressionError(Exception):
+class CompressionError(InputError):
     """A compressed stream is corrupt, truncated, too big, or in a format we do not read."""
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from chunkah.errors import InputError, VerificationError
+
 __all__ = [
     "BadReferenceError",
     "BlobNotFoundError",
@@ -14,7 +16,7 @@ __all__ = [
 ]
 
 
-class OciError(Exception):
+class OciError(InputError):
     """Base class: something about an OCI image, layout or reference is wrong."""
 
 
@@ -42,5 +44,7 @@ class BlobNotFoundError(OciError):
     """A descriptor points to a blob that the layout or archive does not hold."""
 
 
-class DigestMismatchError(OciError):
+class DigestMismatchError(OciError, VerificationError):
     """Bytes read do not hash to (or are not the size of) what their descriptor says."""
+
+    exit_code = VerificationError.exit_code

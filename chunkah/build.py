@@ -1,0 +1,263 @@
+"""The build pipeline: source -> tree -> layers -> OCI image.
+
+I/O lives at the two ends (reading the source, writing blobs); the middle is the
+tree model and the layer plan.  Layers are written in parallel by worker threads
+(compression releases the GIL) and assembled in plan order, so the output is the
+same whatever the thread count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from chunkah import oci
+from chunkah.compression import BlobDigests, CompressingWriter, Compression
+from chunkah.errors import InputError
+from chunkah.oci import Descriptor, ImageConfig, LayerHistory, OciLayout
+from chunkah.tree import Tree, flatten_layers, parse_prune, read_dir, write_tar
+from chunkah.tree.model import is_below
+
+ANNOTATION_LAYER_CONTENT = "org.chunkah.layer.content"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything `chunkah build` takes besides source and destination."""
+
+    tag: str | None = None
+    compression: Compression = Compression.NONE
+    level: int | None = None
+    workers: int = 1
+    labels: Sequence[tuple[str, str | None]] = ()
+    annotations: dict[str, str] = field(default_factory=dict)
+    arch: str | None = None
+    base_config: Path | None = None
+    prune: Sequence[str] = ()
+    skip_special_files: bool = False
+    include_special_files: bool = False
+    mtime_clamp: int | None = None  # default: SOURCE_DATE_EPOCH when set
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One layer to write: its tree and what the manifest and config say about it."""
+
+    tree: Tree
+    name: str
+    mtime_clamp: int | None
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BuiltLayer:
+    descriptor: Descriptor
+    digests: BlobDigests
+    name: str
+    entries: int
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    destination: str
+    manifest: Descriptor
+    layers: tuple[BuiltLayer, ...]
+    seconds: float
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "destination": self.destination,
+            "manifest": {"digest": self.manifest.digest, "size": self.manifest.size},
+            "layers": [
+                {
+                    "name": layer.name,
+                    "digest": layer.descriptor.digest,
+                    "mediaType": layer.descriptor.media_type,
+                    "size": layer.descriptor.size,
+                    "diffId": layer.digests.diff_id,
+                    "uncompressedSize": layer.digests.uncompressed_size,
+                    "entries": layer.entries,
+                }
+                for layer in self.layers
+            ],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+Progress = Callable[[str], None]
+
+
+def _no_progress(_: str) -> None:
+    pass
+
+
+@dataclass
+class SourceImage:
+    """A source read into a tree, plus the config it came with (for images)."""
+
+    tree: Tree
+    config: ImageConfig | None
+    description: str
+
+
+def _drained_layers(image: oci.ResolvedImage) -> Iterator[BinaryIO]:
+    """Each layer as a tar stream; read to the end so its digests are checked."""
+    for i in range(len(image.layers)):
+        with image.open_layer(i) as stream:
+            yield stream
+            while stream.read(1 << 20):
+                pass
+
+
+@contextlib.contextmanager
+def open_source(source: str, options: BuildOptions) -> Iterator[SourceImage]:
+    """Read SOURCE (a rootfs directory, oci:DIR[:TAG] or oci-archive:FILE[:TAG]).
+
+    Layers of an image are flattened (whiteouts applied) with their file contents
+    spooled to a temporary directory that lives as long as the context.
+    """
+    ref = oci.parse_reference(source)
+    if ref.transport == "rootfs":
+        assert ref.path is not None
+        if not ref.path.is_dir():
+            raise InputError(f"{source}: not a directory (and not oci:, oci-archive: or docker://)")
+        tree = read_dir(
+            ref.path,
+            prune=options.prune,
+            skip_special_files=options.skip_special_files,
+            include_special_files=options.include_special_files,
+        )
+        yield SourceImage(tree, None, str(ref.path))
+        return
+    if ref.transport == "docker":
+        raise InputError(f"{source}: reading from registries is not supported yet")
+    image = oci.resolve_image(ref)
+    with tempfile.TemporaryDirectory(prefix="chunkah-spool-") as spool:
+        tree = flatten_layers(_drained_layers(image), spool_dir=spool)
+        for rule in options.prune:
+            tree = _pruned(tree, rule)
+        yield SourceImage(tree, image.config, str(ref))
+
+
+def _pruned(tree: Tree, rule: str) -> Tree:
+    """The prune rules of read_dir, applied to a tree read from an image."""
+    whole, contents = parse_prune([rule])
+    kept = Tree()
+    for entry in tree:
+        p = entry.path
+        if any(p == w or is_below(p, w) for w in whole) or any(is_below(p, c) for c in contents):
+            continue
+        kept.add(entry)
+    return kept
+
+
+def plan_single_layer(tree: Tree, mtime_clamp: int | None) -> list[LayerSpec]:
+    """Today's layer plan: the whole tree in one layer."""
+    return [LayerSpec(tree=tree, name="rootfs", mtime_clamp=mtime_clamp)]
+
+
+def _write_layer(
+    layout: OciLayout, spec: LayerSpec, options: BuildOptions, threads: int
+) -> BuiltLayer:
+    with layout.blob_writer() as blob:
+        writer = CompressingWriter(
+            blob,  # type: ignore[arg-type]
+            options.compression,
+            level=options.level,
+            threads=threads,
+        )
+        write_tar(spec.tree, writer, mtime_clamp=spec.mtime_clamp, digest=False)  # type: ignore[arg-type]
+        digests = writer.finish()
+        blob.commit(digests.digest, digests.size)
+    annotations = dict(spec.annotations)
+    descriptor = Descriptor(
+        media_type=oci.layer_media_type(digests.compression),
+        digest=digests.digest,
+        size=digests.size,
+        annotations=annotations,
+    )
+    return BuiltLayer(descriptor, digests, spec.name, len(spec.tree))
+
+
+def write_layers(
+    layout: OciLayout, specs: Sequence[LayerSpec], options: BuildOptions, progress: Progress
+) -> list[BuiltLayer]:
+    """Write every layer blob; the result is in plan order whatever the worker count."""
+    workers = max(1, options.workers)
+    if len(specs) == 1 or workers == 1:
+        # One layer: give the workers to the compressor instead.
+        threads = workers if len(specs) == 1 else 1
+        built = []
+        for spec in specs:
+            built.append(_write_layer(layout, spec, options, threads))
+            progress(f"layer {spec.name}: {built[-1].descriptor.size} bytes")
+        return built
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(_write_layer, layout, spec, options, 1) for spec in specs]
+        results = []
+        for spec, future in zip(specs, futures, strict=True):
+            results.append(future.result())
+            progress(f"layer {spec.name}: {results[-1].descriptor.size} bytes")
+        return results
+
+
+def resolve_clamp(options: BuildOptions) -> int | None:
+    if options.mtime_clamp is not None:
+        return options.mtime_clamp
+    return oci.source_date_epoch()
+
+
+def build(
+    source: str,
+    destination: str,
+    options: BuildOptions,
+    *,
+    progress: Progress = _no_progress,
+) -> BuildResult:
+    """Build SOURCE into DEST (oci:DIR[:TAG] or oci-archive:FILE[:TAG])."""
+    started = time.perf_counter()
+    clamp = resolve_clamp(options)
+    dest_ref = oci.parse_reference(destination)
+    if dest_ref.transport not in ("oci", "oci-archive"):
+        raise InputError(f"{destination}: write to oci:DIR[:TAG] or oci-archive:FILE[:TAG]")
+    with open_source(source, options) as src:
+        progress(f"read {src.description}: {len(src.tree)} entries")
+        specs = plan_single_layer(src.tree, clamp)
+        base = src.config
+        if options.base_config is not None:
+            base = oci.load_base_config(options.base_config)
+        with oci.open_output(dest_ref) as (layout, ref_tag):
+            built = write_layers(layout, specs, options, progress)
+            config = oci.build_config(
+                base,
+                [
+                    LayerHistory(
+                        diff_id=layer.digests.diff_id,
+                        created_by=f"chunkah build: {layer.name}",
+                        comment=None,
+                    )
+                    for layer in built
+                ],
+                labels=options.labels,
+                arch=options.arch,
+                created=clamp,
+            )
+            manifest = oci.write_image(
+                layout,
+                config,
+                [layer.descriptor for layer in built],
+                tag=options.tag or ref_tag,
+                annotations=options.annotations,
+            )
+    return BuildResult(destination, manifest, tuple(built), time.perf_counter() - started)
+
+
+def default_workers() -> int:
+    return min(2, os.cpu_count() or 1)
