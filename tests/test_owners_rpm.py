@@ -137,3 +137,27 @@ def test_not_sqlite_names_the_database(rpm_root: Path, tmp_path: Path) -> None:
 )
 def test_parse_srpm_name(srpm: str, name: str, version: str) -> None:
     assert parse_srpm_name(srpm) == (name, version)
+
+
+def test_uncheckpointed_wal_is_replayed(rpm_root: Path, tmp_path: Path) -> None:
+    # A database whose last transaction still sits in rpmdb.sqlite-wal: opening
+    # the main file "immutable" would miss it, so the pair is read from a copy.
+    work = tmp_path / "db"
+    work.mkdir()
+    shutil.copy(rpm_root / DB, work / "rpmdb.sqlite")
+    con = sqlite3.connect(work / "rpmdb.sqlite")
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA wal_autocheckpoint=0")
+    con.execute("DELETE FROM Packages WHERE hnum = (SELECT min(hnum) FROM Packages)")
+    con.commit()
+    main, wal = (work / "rpmdb.sqlite").read_bytes(), (work / "rpmdb.sqlite-wal").read_bytes()
+    con.close()
+    assert wal
+    tree = Tree(read_dir(rpm_root))
+    tree.add(file_entry(tmp_path / "s1", DB.encode(), main))
+    tree.add(file_entry(tmp_path / "s2", DB.encode() + b"-wal", wal))
+    o = assign_components(tree, build_epoch=EPOCH)
+    names = {p.name for c in o.components() for p in c.packages}
+    assert len(names) == 2  # one of the three packages was deleted in the WAL
+    (tmp_path / "main.sqlite").write_bytes(main)
+    assert len(read_rpmdb(tmp_path / "main.sqlite", shown_as=DB)) == 3  # main file alone
