@@ -41,6 +41,7 @@ class BuildOptions:
     arch: str | None = None
     base_config: Path | None = None
     prune: Sequence[str] = ()
+    sbom: bool = False  # attach a CycloneDX SBOM as an OCI referrer (docs/sbom.md)
     skip_special_files: bool = False
     include_special_files: bool = False
     mtime_clamp: int | None = None  # default: SOURCE_DATE_EPOCH when set
@@ -70,9 +71,11 @@ class BuildResult:
     manifest: Descriptor
     layers: tuple[BuiltLayer, ...]
     seconds: float
+    sbom: Descriptor | None = None  # the SBOM artifact manifest, with --sbom
 
     def to_json(self) -> dict[str, object]:
-        return {
+        sbom = {"sbom": {"digest": self.sbom.digest, "size": self.sbom.size}} if self.sbom else {}
+        return sbom | {
             "destination": self.destination,
             "manifest": {"digest": self.manifest.digest, "size": self.manifest.size},
             "layers": [
@@ -256,7 +259,16 @@ def build(
                 tag=options.tag or ref_tag,
                 annotations=options.annotations,
             )
-    return BuildResult(destination, manifest, tuple(built), time.perf_counter() - started)
+            sbom = None
+            if options.sbom:
+                from chunkah.sbom import attach_tree_sbom
+
+                epoch = clamp if clamp is not None else int(time.time())
+                name = options.tag or ref_tag or "image"
+                sbom = attach_tree_sbom(layout, manifest, src.tree, name=name, build_epoch=epoch)
+                progress(f"sbom: {sbom.digest}")
+    seconds = time.perf_counter() - started
+    return BuildResult(destination, manifest, tuple(built), seconds, sbom=sbom)
 
 
 def default_workers() -> int:
