@@ -243,7 +243,6 @@ class Registry:
 
 REGISTRY_KEY = web.AppKey("registry", Registry)
 STATS_KEY = web.AppKey("stats", AccessStats)
-_SENT = "chunkah.sent"
 
 
 # -- routing ------------------------------------------------------------------------
@@ -595,6 +594,13 @@ async def _referrers(request: web.Request, name: str, digest: str) -> web.Stream
 # -- blob downloads -----------------------------------------------------------------
 
 
+class _BlobResponse(web.StreamResponse):
+    """A blob body: counts what was sent and notes a client that went away."""
+
+    sent = 0
+    aborted: str | None = None
+
+
 def _open_blob(store: RepoStore, digest: str) -> tuple[BinaryIO, int] | None:
     try:
         f: BinaryIO = open(store.blob_path(digest), "rb", buffering=0)  # noqa: SIM115
@@ -651,7 +657,7 @@ async def _send_blob(
                 headers={**headers, "Content-Range": f"bytes */{size}"},
             ) from None
     head = request.method == "HEAD"
-    resp = web.StreamResponse(headers=headers)
+    resp = _BlobResponse(headers=headers)
     if ranges is None or len(ranges) == 1:
         r = ranges[0] if ranges else ByteRange(0, size - 1)
         if ranges:
@@ -674,7 +680,7 @@ async def _send_blob(
 
 
 async def _send_file_range(
-    request: web.Request, resp: web.StreamResponse, f: BinaryIO, offset: int, count: int
+    request: web.Request, resp: _BlobResponse, f: BinaryIO, offset: int, count: int
 ) -> None:
     """Send ``count`` bytes from ``offset``: sendfile when the transport allows it."""
     transport = request.transport
@@ -682,7 +688,7 @@ async def _send_file_range(
         if transport is not None and not transport.is_closing():
             try:
                 await asyncio.get_running_loop().sendfile(transport, f, offset, count)
-                request[_SENT] = request.get(_SENT, 0) + count
+                resp.sent += count
                 return
             except NotImplementedError:
                 pass  # TLS or a transport without sendfile: copy in blocks
@@ -694,11 +700,11 @@ async def _send_file_range(
             if not block:
                 raise OSError(f"blob shrank while being sent ({end - offset} bytes missing)")
             await resp.write(block)
-            request[_SENT] = request.get(_SENT, 0) + len(block)
+            resp.sent += len(block)
             offset += len(block)
     except (ConnectionError, RuntimeError) as exc:
         # The client went away (RuntimeError: asyncio's "transport is closing").
-        request["chunkah.aborted"] = repr(exc)
+        resp.aborted = repr(exc)
 
 
 def _multipart_block(fd: int, plan: MultipartPlan, part: int, done: int) -> tuple[bytes, int, int]:
@@ -724,7 +730,7 @@ def _multipart_block(fd: int, plan: MultipartPlan, part: int, done: int) -> tupl
 
 
 async def _send_multipart(
-    request: web.Request, resp: web.StreamResponse, f: BinaryIO, plan: MultipartPlan
+    request: web.Request, resp: _BlobResponse, f: BinaryIO, plan: MultipartPlan
 ) -> None:
     part, done = 0, 0
     try:
@@ -733,9 +739,9 @@ async def _send_multipart(
                 _multipart_block, f.fileno(), plan, part, done
             )
             await resp.write(block)
-            request[_SENT] = request.get(_SENT, 0) + len(block)
+            resp.sent += len(block)
     except (ConnectionError, RuntimeError) as exc:
-        request["chunkah.aborted"] = repr(exc)
+        resp.aborted = repr(exc)
 
 
 # -- uploads ------------------------------------------------------------------------
@@ -1001,16 +1007,17 @@ async def _errors_and_access_log(
 def _log_access(
     request: web.Request, status: int, started: float, resp: web.StreamResponse | None = None
 ) -> None:
-    sent = request.get(_SENT)
-    if sent is None:
+    if isinstance(resp, _BlobResponse):
+        sent = resp.sent
+    elif resp is not None and request.method != "HEAD" and isinstance(resp, web.Response):
+        sent = resp.content_length or 0
+    else:
         sent = 0
-        if resp is not None and request.method != "HEAD" and isinstance(resp, web.Response):
-            sent = resp.content_length or 0
     request.app[STATS_KEY].add(status, sent)
     if access_log.isEnabledFor(logging.INFO):
         rng = request.headers.get("Range")
         rng_text = "-" if rng is None else f'"{rng[:200]}{"..." if len(rng) > 200 else ""}"'
-        aborted = " aborted" if request.get("chunkah.aborted") else ""
+        aborted = " aborted" if isinstance(resp, _BlobResponse) and resp.aborted else ""
         access_log.info(
             '%s "%s %s" %d %d %s %.3fs%s',
             request.remote,
