@@ -30,9 +30,10 @@ from chunkah.registry.server_ranges import (
         ("bytes=1-2, 4-5", 10, [(1, 2), (4, 5)]),
         ("bytes=1-2,,4-5,", 10, [(1, 2), (4, 5)]),  # empty list elements
         ("bytes=0-4,3-6", 10, [(0, 6)]),  # overlap merged
-        ("bytes=0-4,5-6", 10, [(0, 6)]),  # adjacent merged
+        ("bytes=0-4,5-6", 10, [(0, 4), (5, 6)]),  # adjacent: kept (containers/storage)
         ("bytes=0-1,0-1,0-1", 10, [(0, 1)]),
-        ("bytes=6-7,0-1", 10, [(0, 1), (6, 7)]),  # not ascending: sorted
+        ("bytes=6-7,0-1", 10, [(6, 7), (0, 1)]),  # request order kept
+        ("bytes=6-7,0-3,2-4", 10, [(0, 4), (6, 7)]),  # overlaps: sorted and merged
         ("bytes=0-1,20-30", 10, [(0, 1)]),  # unsatisfiable parts dropped
         ("bytes=0-", 10, [(0, 9)]),
     ],
@@ -120,7 +121,20 @@ def test_ranges_cover_exactly_what_was_asked(size: int, specs: list[str]) -> Non
         assert 0 <= r.start <= r.end < size
         covered.update(range(r.start, r.end + 1))
     assert covered == wanted
-    # Disjoint, not adjacent, ascending: never more bytes than the blob holds.
-    for a, b in itertools.pairwise(got):
-        assert a.end + 1 < b.start
+    # Disjoint: never more bytes than the blob holds.
+    ordered = sorted(got)
+    for a, b in itertools.pairwise(ordered):
+        assert a.end < b.start
     assert sum(r.length for r in got) <= size
+    # Without overlaps in the request, exactly the requested ranges in their order.
+    clamped = []
+    for spec in specs:
+        a, b = spec.split("-")
+        if a == "":
+            if int(b) > 0 and size > 0:
+                clamped.append((max(0, size - int(b)), size - 1))
+        elif int(a) < size:
+            clamped.append((int(a), size - 1 if b == "" else min(int(b), size - 1)))
+    srt = sorted(clamped)
+    if all(x[1] < y[0] for x, y in itertools.pairwise(srt)):
+        assert [(r.start, r.end) for r in got] == clamped

@@ -3,9 +3,9 @@
 :func:`parse_range` turns a ``Range`` header into the byte ranges to send (RFC 9110
 section 14): syntax errors and other units mean "ignore the header" (``None``, the
 server answers 200 with the whole blob); no satisfiable range, or more ranges than
-the server accepts, raise :class:`RangeNotSatisfiableError` (416).  Overlapping and
-adjacent ranges are coalesced, so a request can never make the server send more
-bytes than the blob holds.  :class:`MultipartPlan` lays out a
+the server accepts, raise :class:`RangeNotSatisfiableError` (416).  Overlapping
+ranges are coalesced, so a request can never make the server send more bytes than
+the blob holds; other ranges are served one part each, in the order asked.  :class:`MultipartPlan` lays out a
 ``multipart/byteranges`` body so its exact length is known before the first byte.
 """
 
@@ -55,8 +55,8 @@ def parse_range(header: str, size: int, *, max_ranges: int = MAX_RANGES) -> list
 
     Returns ``None`` when the header must be ignored (not ``bytes=``, or invalid
     syntax: RFC 9110 lets a server ignore it and send 200).  Otherwise returns the
-    satisfiable ranges clamped to the blob, with overlapping or adjacent ones merged;
-    they keep the request's order when it was ascending and are sorted otherwise.
+    satisfiable ranges clamped to the blob, in the request's order; only when some
+    overlap are they sorted and the overlapping ones merged.
     """
     m = _UNIT_RE.match(header)
     if m is None:
@@ -99,12 +99,20 @@ def parse_range(header: str, size: int, *, max_ranges: int = MAX_RANGES) -> list
 
 
 def _coalesce(ranges: list[ByteRange]) -> list[ByteRange]:
-    ascending = all(a.start <= b.start for a, b in itertools.pairwise(ranges))
-    ordered = ranges if ascending else sorted(ranges)
+    """Merge overlapping ranges; leave everything else exactly as requested.
+
+    Adjacent ranges are *not* merged and the request's order is kept: clients such
+    as containers/storage match the parts of a multipart answer to their ranges one
+    by one (RFC 9110 allows coalescing, real clients break on it).  Overlaps never
+    occur in such requests; merging them (sorted) caps the body at the blob's size.
+    """
+    ordered = sorted(ranges)
+    if all(a.end < b.start for a, b in itertools.pairwise(ordered)):
+        return ranges
     out: list[ByteRange] = [ordered[0]]
     for r in ordered[1:]:
         last = out[-1]
-        if r.start <= last.end + 1:
+        if r.start <= last.end:
             out[-1] = ByteRange(last.start, max(last.end, r.end))
         else:
             out.append(r)
