@@ -22,6 +22,16 @@ from chunkah import oci
 from chunkah.compression import BlobDigests, CompressingWriter, Compression
 from chunkah.errors import InputError
 from chunkah.oci import Descriptor, ImageConfig, LayerHistory, OciLayout
+from chunkah.owners import assign_components
+from chunkah.packing import (
+    DEFAULT_MAX_LAYERS,
+    LayerPlan,
+    component_infos,
+    layer_trees,
+    plan_history,
+    plan_stateless,
+    previous_plan,
+)
 from chunkah.tree import Tree, flatten_layers, parse_prune, read_dir, write_tar
 from chunkah.tree.model import is_below
 
@@ -45,6 +55,8 @@ class BuildOptions:
     skip_special_files: bool = False
     include_special_files: bool = False
     mtime_clamp: int | None = None  # default: SOURCE_DATE_EPOCH when set
+    max_layers: int = DEFAULT_MAX_LAYERS
+    previous: str | None = None  # history-aware packing against this image
 
 
 @dataclass(frozen=True)
@@ -162,8 +174,40 @@ def _pruned(tree: Tree, rule: str) -> Tree:
 
 
 def plan_single_layer(tree: Tree, mtime_clamp: int | None) -> list[LayerSpec]:
-    """Today's layer plan: the whole tree in one layer."""
+    """The whole tree in one layer, one clamp for every entry."""
     return [LayerSpec(tree=tree, name="rootfs", mtime_clamp=mtime_clamp)]
+
+
+def read_previous_plan(ref: str) -> list[tuple[str, tuple[str, ...]]]:
+    image = oci.resolve_image(ref)
+    return [(p.name, p.components) for p in previous_plan([d.annotations for d in image.layers])]
+
+
+def plan_content_layers(
+    tree: Tree, options: BuildOptions, clamp: int | None, progress: Progress
+) -> tuple[list[LayerSpec], LayerPlan]:
+    """Package-ownership layers: owners -> plan (stateless or history-aware) -> trees."""
+    build_epoch = clamp if clamp is not None else int(time.time())
+    ownership = assign_components(tree, build_epoch=build_epoch)
+    infos = component_infos(ownership)
+    if options.previous:
+        from chunkah.packing import PreviousLayer
+
+        old = [PreviousLayer(n, c) for n, c in read_previous_plan(options.previous)]
+        plan = plan_history(infos, options.max_layers, old)
+    else:
+        plan = plan_stateless(infos, options.max_layers)
+    for warning in plan.warnings:
+        progress(f"warning: {warning}")
+    progress(
+        f"{len(infos)} components ({ownership.unclaimed_bytes} unclaimed bytes) "
+        f"-> {len(plan.layers)} layers ({plan.mode})"
+    )
+    specs = [
+        LayerSpec(tree=lt.tree, name=lt.name, mtime_clamp=None, annotations=lt.annotations)
+        for lt in layer_trees(plan, tree, ownership, source_date_epoch=clamp)
+    ]
+    return specs, plan
 
 
 def _write_layer(
@@ -232,7 +276,10 @@ def build(
         raise InputError(f"{destination}: write to oci:DIR[:TAG] or oci-archive:FILE[:TAG]")
     with open_source(source, options) as src:
         progress(f"read {src.description}: {len(src.tree)} entries")
-        specs = plan_single_layer(src.tree, clamp)
+        if options.max_layers == 1 and not options.previous:
+            specs = plan_single_layer(src.tree, clamp)
+        else:
+            specs, _plan = plan_content_layers(src.tree, options, clamp, progress)
         base = src.config
         if options.base_config is not None:
             base = oci.load_base_config(options.base_config)

@@ -101,6 +101,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
         prune=args.prune,
         skip_special_files=args.skip_special_files,
         include_special_files=args.include_special_files,
+        max_layers=args.max_layers,
+        previous=args.previous,
     )
     result = build.build(args.source, args.output, options, progress=_progress_printer(args))
     payload = result.to_json()
@@ -185,6 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="oci:DIR[:TAG] or oci-archive:FILE[:TAG]",
     )
     b.add_argument("--tag", help="tag to record in index.json (overrides DEST's :TAG)")
+    b.add_argument(
+        "--max-layers",
+        type=int,
+        default=64,
+        metavar="N",
+        help="at most N layers, one or more components each (1: a single layer; default 64)",
+    )
+    b.add_argument(
+        "--previous",
+        metavar="REF",
+        help="keep the layer plan of this earlier image (history-aware packing)",
+    )
     b.add_argument(
         "--compression",
         choices=["none", "gzip", "zstd"],

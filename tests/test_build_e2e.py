@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.clamps import expected_clamps
 from support.handmade import CLAMP
 from support.tools import skopeo_copy, skopeo_inspect, umoci_unpack
 from support.treediff import assert_trees_equal, diff_trees
@@ -65,7 +66,7 @@ def test_debian_rootfs_round_trips_through_registry_and_umoci(
 ):
     src = debian_tiny_rootfs.path
     out = tmp_path / "img"
-    result = build_json(str(src), "-o", f"oci:{out}:v1")
+    result = build_json(str(src), "-o", f"oci:{out}:v1", "--max-layers", "1")
     assert len(result["layers"]) == 1
     ours = json.loads(
         (out / "blobs/sha256" / result["manifest"]["digest"].split(":")[1]).read_bytes()
@@ -97,7 +98,7 @@ def test_handmade_tree_with_every_entry_type_round_trips(handmade_tree, docker_r
     assert refused.returncode == 2
     assert "device" in refused.stderr or "fifo" in refused.stderr
 
-    build_json(str(src), "-o", f"oci:{out}:t", "--include-special-files")
+    build_json(str(src), "-o", f"oci:{out}:t", "--include-special-files", "--max-layers", "1")
     rootfs = unpack_via_registry(out, "t", docker_registry, tmp_path, "handmade")
     assert_trees_equal(src, rootfs, mtime_clamp=CLAMP, ignore=(".",))
     # The dropped xattrs really are gone, the kept ones are there.
@@ -115,7 +116,9 @@ def test_handmade_tree_with_every_entry_type_round_trips(handmade_tree, docker_r
 @pytest.mark.needs_root
 def test_skip_special_files_leaves_them_out(handmade_tree, tmp_path):
     out = tmp_path / "img"
-    build_json(str(handmade_tree.root), "-o", f"oci:{out}:t", "--skip-special-files")
+    build_json(
+        str(handmade_tree.root), "-o", f"oci:{out}:t", "--skip-special-files", "--max-layers", "1"
+    )
     rootfs = umoci_unpack(out, "t", tmp_path / "bundle")
     specials = [*handmade_tree.fifos, *handmade_tree.char_devices, *handmade_tree.block_devices]
     assert specials
@@ -166,7 +169,9 @@ def test_reproducible_on_a_real_debian_tree(debian_tiny_rootfs, tmp_path):
 @pytest.mark.needs_root
 def test_oci_to_oci_conversion_and_archive_output(debian_tiny_rootfs, tmp_path):
     src = debian_tiny_rootfs.path
-    first = build_json(str(src), "-o", f"oci:{tmp_path}/first:v1", "--compression", "gzip")
+    first = build_json(
+        str(src), "-o", f"oci:{tmp_path}/first:v1", "--compression", "gzip", "--max-layers", "1"
+    )
     # An image as input (flattened), an archive as output, zstd layers.
     build_json(
         f"oci:{tmp_path}/first:v1",
@@ -174,6 +179,8 @@ def test_oci_to_oci_conversion_and_archive_output(debian_tiny_rootfs, tmp_path):
         f"oci-archive:{tmp_path}/second.tar:v2",
         "--compression",
         "zstd",
+        "--max-layers",
+        "1",
     )
     info = json.loads(chunkah("inspect", f"oci-archive:{tmp_path}/second.tar:v2", "--json").stdout)
     assert info["layers"][0]["mediaType"].endswith("tar+zstd")
@@ -187,6 +194,17 @@ def test_oci_to_oci_conversion_and_archive_output(debian_tiny_rootfs, tmp_path):
     )
     rootfs = umoci_unpack(tmp_path / "gz", "v2", tmp_path / "bundle")
     assert_trees_equal(src, rootfs, mtime_clamp=EPOCH, ignore=(".",))
+    # A mirror's conversion: the single-layer image re-packed by package ownership.
+    packed = build_json(f"oci-archive:{tmp_path}/second.tar:v2", "-o", f"oci:{tmp_path}/packed:v3")
+    assert len(packed["layers"]) > 10
+    skopeo_copy(
+        f"oci:{tmp_path}/packed:v3",
+        f"oci:{tmp_path}/packed-gz:v3",
+        "--dest-compress-format",
+        "gzip",
+    )
+    rootfs = umoci_unpack(tmp_path / "packed-gz", "v3", tmp_path / "bundle3")
+    assert_trees_equal(src, rootfs, mtime_clamp=expected_clamps(src, EPOCH), ignore=(".",))
 
 
 def test_labels_annotations_arch_and_inspect(tmp_path):

@@ -22,7 +22,7 @@ import hashlib
 import os
 import stat
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 KEPT_XATTR_EXACT = ("security.capability",)
@@ -177,7 +177,7 @@ def diff_trees(
     a: str | os.PathLike[str] | bytes,
     b: str | os.PathLike[str] | bytes,
     *,
-    mtime_clamp: int | None = None,
+    mtime_clamp: int | Mapping[bytes, int | None] | None = None,
     ignore: Iterable[str | bytes] = (),
     check_mtime: bool = True,
     check_dir_mtime: bool = True,
@@ -186,7 +186,8 @@ def diff_trees(
 ) -> list[str]:
     """Differences between tree *a* (the source) and tree *b* (the copy); [] if equal.
 
-    - *mtime_clamp*: b's mtime must be ``min(a's, clamp)`` (else equal to a's).
+    - *mtime_clamp*: b's mtime must be ``min(a's, clamp)`` (else equal to a's); a
+      mapping gives a clamp per relative path (bytes), for per-component clamps.
     - *ignore*: relative paths (whole subtrees) or fnmatch patterns, on both sides;
       ``"."`` skips the root directory's own metadata.
     - *check_dir_mtime=False*: directories' mtimes are not compared (extractors
@@ -244,14 +245,15 @@ def diff_trees(
                 )
             )
         if check_mtime and (check_dir_mtime or x.fmt != stat.S_IFDIR):
-            want = x.mtime if mtime_clamp is None else min(x.mtime, mtime_clamp)
+            clamp = mtime_clamp.get(rel) if isinstance(mtime_clamp, Mapping) else mtime_clamp
+            want = x.mtime if clamp is None else min(x.mtime, clamp)
             if y.mtime != want:
-                if mtime_clamp is None:
+                if clamp is None:
                     msg = f"mtime differs for {p}: {x.mtime} != {y.mtime}"
                 else:
                     msg = (
                         f"mtime differs for {p}: b has {y.mtime}, "
-                        f"want min({x.mtime}, clamp {mtime_clamp}) = {want}"
+                        f"want min({x.mtime}, clamp {clamp}) = {want}"
                     )
                 out.append((rel, msg))
 
