@@ -56,6 +56,13 @@ def _xattrs(path: bytes) -> tuple[tuple[str, bytes], ...]:
     return filter_xattrs(items)
 
 
+_SPECIAL_TYPES = {
+    stat.S_IFCHR: EntryType.CHAR,
+    stat.S_IFBLK: EntryType.BLOCK,
+    stat.S_IFIFO: EntryType.FIFO,
+}
+
+
 def _special_kind(mode: int) -> str | None:
     if stat.S_ISCHR(mode):
         return "character device"
@@ -71,14 +78,16 @@ def read_dir(
     *,
     prune: Iterable[str | bytes] = (),
     skip_special_files: bool = False,
+    include_special_files: bool = False,
 ) -> Tree:
     """Read the directory ``root`` into a Tree (metadata only; contents stay on disk).
 
     Never follows a symlink: entries are lstat'ed, directories opened with
     O_NOFOLLOW, and file contents are opened with O_NOFOLLOW when written out.
     Hardlinks are found by (st_dev, st_ino). Devices and fifos raise
-    :class:`SpecialFileError` unless ``skip_special_files`` is set, in which case
-    they are left out. Sockets are always left out (like GNU tar: they cannot
+    :class:`SpecialFileError` unless ``skip_special_files`` is set (they are left
+    out) or ``include_special_files`` is set (they become CHAR/BLOCK/FIFO entries,
+    for trees that are not a bootable rootfs, e.g. tests of every entry type). Sockets are always left out (like GNU tar: they cannot
     be archived meaningfully). ``prune`` takes rules as described in
     :func:`parse_prune`.
     """
@@ -156,8 +165,26 @@ def read_dir(
             elif stat.S_ISSOCK(mode):
                 continue
             else:
-                kind = _special_kind(mode) or f"file of unknown type {stat.S_IFMT(mode):o}"
-                if not skip_special_files:
+                etype = _SPECIAL_TYPES.get(stat.S_IFMT(mode))
+                if include_special_files and etype is not None:
+                    tree.add(
+                        Entry(
+                            path=rel,
+                            type=etype,
+                            mode=stat.S_IMODE(mode),
+                            uid=st.st_uid,
+                            gid=st.st_gid,
+                            mtime=st.st_mtime_ns // 1_000_000_000,
+                            xattrs=_xattrs(abs_path),
+                            rdev=(
+                                (os.major(st.st_rdev), os.minor(st.st_rdev))
+                                if etype is not EntryType.FIFO
+                                else (0, 0)
+                            ),
+                        )
+                    )
+                elif not skip_special_files:
+                    kind = _special_kind(mode) or f"file of unknown type {stat.S_IFMT(mode):o}"
                     raise SpecialFileError(rel, kind)
     tree.canonicalize_hardlinks()
     return tree
