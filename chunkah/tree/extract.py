@@ -39,12 +39,12 @@ class ExtractResult:
     skipped: tuple[bytes, ...]
 
 
-def _check_name(raw: bytes, what: str = "path") -> bytes:
+def _check_name(raw: bytes, entry_name: bytes, what: str = "path") -> bytes:
     if raw.startswith(b"/"):
-        raise UnsafeEntryError(raw, f"{what} is absolute")
+        raise UnsafeEntryError(entry_name, f"{what} {show_path(raw)!r} is absolute")
     path = normalize_path(raw)
     if b".." in path.split(b"/"):
-        raise UnsafeEntryError(raw, f"{what} contains a '..' component")
+        raise UnsafeEntryError(entry_name, f"{what} {show_path(raw)!r} contains a '..' component")
     return path
 
 
@@ -169,10 +169,10 @@ class _Extractor:
 
     def add(self, ti: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
         raw = fs_bytes(ti.name)
-        path = _check_name(raw)
+        path = _check_name(raw, raw)
         self.count += 1
         if ti.type == tarfile.LNKTYPE:
-            self._hardlink(raw, path, _check_name(fs_bytes(ti.linkname), "hardlink target"))
+            self._hardlink(raw, path, _check_name(fs_bytes(ti.linkname), raw, "hardlink target"))
             return
         etype = TAR_TYPES.get(ti.type)
         if etype is None:
