@@ -28,6 +28,7 @@ from chunkah.oci import (
     MANIFEST_TYPES,
     MAX_MANIFEST_SIZE,
     OCI_EMPTY,
+    OCI_INDEX,
     OCI_MANIFEST,
     BlobSource,
     Descriptor,
@@ -57,6 +58,7 @@ __all__ = [
     "created_epoch",
     "cyclonedx_sbom",
     "find_referrers",
+    "referrers_tag",
     "sbom_json",
     "tree_sbom",
 ]
@@ -413,6 +415,15 @@ def find_referrers(
     return [found[d] for d in sorted(found)]
 
 
+def referrers_tag(digest: str) -> str:
+    """The distribution spec's referrers tag schema: ``sha256:HEX`` -> ``sha256-HEX``."""
+    alg, _, hexpart = digest.partition(":")
+    return f"{alg}-{hexpart}"[:128]
+
+
+_FALLBACK_TAG = re.compile(r"^(sha256|sha512)-([0-9a-f]{64}|[0-9a-f]{128})$")
+
+
 def attach_sbom(
     layout: OciLayout,
     subject: Descriptor,
@@ -420,15 +431,20 @@ def attach_sbom(
     *,
     created: int | None = None,
     media_type: str = CYCLONEDX_MEDIA_TYPE,
+    fallback_tag: bool = True,
 ) -> Descriptor:
     """Store ``document`` as an artifact referring to the image manifest ``subject``.
 
     The artifact is an OCI image manifest with ``artifactType`` = ``media_type``,
     the empty config and the document as its one layer, and ``subject`` = the
     image manifest.  It is added to ``index.json`` *without* a tag (its descriptor
-    carries ``artifactType``), replacing an identical entry and dropping SBOM
-    artifacts whose subject no longer is in ``index.json``.  Returns the
-    artifact manifest's descriptor.
+    carries ``artifactType``), replacing an identical entry.  With
+    ``fallback_tag`` an image index listing every referrer of ``subject`` is
+    tagged ``sha256-HEX`` (the distribution spec's referrers tag schema), which
+    lets ``skopeo copy --all oci:DIR:sha256-HEX docker://...`` push the SBOM to a
+    registry without the referrers API.  Untagged SBOM artifacts and fallback
+    tags whose subject left ``index.json`` are dropped.  Returns the artifact
+    manifest's descriptor.
     """
     layer = layout.write_json_blob(document, media_type)
     layer = Descriptor(
@@ -454,13 +470,12 @@ def attach_sbom(
     )
     index = layout.read_index()
     present = {d.digest for d in index.manifests}
-    kept = []
-    for d in index.manifests:
-        if d.digest == desc.digest and not d.ref_name:
-            continue
-        if _is_dangling_sbom(layout, d, present, media_type):
-            continue
-        kept.append(d)
+    kept = [
+        d
+        for d in index.manifests
+        if not (d.digest == desc.digest and not d.ref_name)
+        and not _is_dangling(layout, d, present, media_type)
+    ]
     layout.write_index(
         Index(
             manifests=(*kept, desc),
@@ -469,14 +484,23 @@ def attach_sbom(
             extra=index.extra,
         )
     )
+    if fallback_tag:
+        referrers = find_referrers(layout, subject.digest)
+        listing = Index(manifests=tuple(referrers), media_type=OCI_INDEX)
+        layout.add_manifest(listing.to_json(), referrers_tag(subject.digest), media_type=OCI_INDEX)
     return desc
 
 
-def _is_dangling_sbom(
-    layout: OciLayout, desc: Descriptor, present: set[str], media_type: str
-) -> bool:
-    """An untagged SBOM artifact whose subject left ``index.json`` (a rebuilt tag)."""
-    if desc.annotations.get(ANNOTATION_REF_NAME) or desc.extra.get("artifactType") != media_type:
+def _is_dangling(layout: OciLayout, desc: Descriptor, present: set[str], media_type: str) -> bool:
+    """An untagged SBOM artifact, or a referrers fallback tag, whose subject left
+    ``index.json`` (the image tag was rebuilt)."""
+    tag = desc.annotations.get(ANNOTATION_REF_NAME)
+    if tag:
+        m = _FALLBACK_TAG.match(tag)
+        if m is None or desc.media_type != OCI_INDEX:
+            return False
+        return f"{m[1]}:{m[2]}" not in present
+    if desc.extra.get("artifactType") != media_type:
         return False
     manifest = _manifest_of(layout, desc)
     subject = manifest.get("subject") if manifest else None
