@@ -12,7 +12,11 @@ import hashlib
 import http.client
 import json
 import os
+import select
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -548,6 +552,9 @@ def test_manifest_put_validation(server: ServerThread) -> None:
     r = put_manifest(server, repo, "missing", json.dumps(obj).encode())
     assert (r.status, r.error_code()) == (400, "MANIFEST_BLOB_UNKNOWN")
     assert sha(b"absent") in json.dumps(r.json())
+    r = put_manifest(server, "man/never/created", "t", json.dumps(obj).encode())
+    assert (r.status, r.error_code()) == (400, "MANIFEST_BLOB_UNKNOWN")
+    assert not (server.root / "man/never/created").exists()  # a refused push leaves nothing
     # Wrong or unsupported types, bad JSON, Content-Type/mediaType mismatch.
     r = put_manifest(server, repo, "t", b"not json")
     assert (r.status, r.error_code()) == (400, "MANIFEST_INVALID")
@@ -1005,3 +1012,36 @@ def test_access_stats_count_bytes(server: ServerThread, blob: str) -> None:
     time.sleep(0.1)
     assert stats.requests - before_req == 2
     assert stats.bytes_sent - before_bytes == 100 + len(BLOB)
+
+
+# -- serve(): the blocking entry point the CLI uses ------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serve_runs_until_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    code = (
+        "import sys; from pathlib import Path; from chunkah.registry.server import serve; "
+        "serve(Path(sys.argv[1]), '127.0.0.1', 0, ready=lambda h, p: print(h, p, flush=True))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "root")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready, "serve() did not report readiness in 30 s"
+        host, port = proc.stdout.readline().decode().split()
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("GET", "/v2/")
+        r = conn.getresponse()
+        assert (r.status, r.getheader("Docker-Distribution-API-Version")) == (200, "registry/2.0")
+        conn.close()
+        proc.send_signal(sig)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert (tmp_path / "root").is_dir()

@@ -516,7 +516,7 @@ async def _put_manifest(request: web.Request, name: str, reference: str) -> web.
     info = manifest_info(body, media_type)
     if info is None:  # unreachable after the checks above; keeps the types honest
         raise RegistryError(400, "MANIFEST_INVALID", "not a manifest")
-    repo = await registry.created(name)
+    repo = registry.repo(name)
     missing = [
         d.digest
         for d in needed
@@ -530,6 +530,7 @@ async def _put_manifest(request: web.Request, name: str, reference: str) -> web.
             detail={"digests": missing[:100]},
         )
     desc = Descriptor(media_type=media_type, digest=digest, size=len(body))
+    repo = await registry.created(name)  # only now: a refused push leaves no empty repository
     async with repo.lock:
         await asyncio.to_thread(repo.store.write_blob_bytes, body)
         await asyncio.to_thread(
