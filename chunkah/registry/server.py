@@ -769,10 +769,11 @@ def _blob_created(name: str, digest: str) -> web.Response:
     )
 
 
-def _write_block(f: BinaryIO, sha: Any, data: bytes) -> None:
-    f.write(data)
-    if sha is not None:
-        sha.update(data)
+def _write_blocks(f: BinaryIO, sha: Any, blocks: list[bytes]) -> None:
+    for data in blocks:
+        f.write(data)
+        if sha is not None:
+            sha.update(data)
 
 
 async def _append_body(request: web.Request, upload: _Upload, name: str) -> int:
@@ -810,17 +811,21 @@ async def _append_body(request: web.Request, upload: _Upload, name: str) -> int:
     received = 0
     try:
         f.seek(start_size)
-        buf = bytearray()
-        async for chunk in request.content.iter_any():
-            buf += chunk
+        # Hash and write in a worker thread (both release the GIL) about 1 MiB at a
+        # time, while the event loop keeps receiving; no copies of the chunks.
+        pending: list[bytes] = []
+        pending_size = 0
+        async for chunk in request.content.iter_chunked(_IO_BLOCK):
             received += len(chunk)
             if expected is not None and received > expected:
                 raise RegistryError(400, "BLOB_UPLOAD_INVALID", "more bytes than announced")
-            if len(buf) >= _IO_BLOCK:
-                await asyncio.to_thread(_write_block, f, upload.sha, bytes(buf))
-                buf.clear()
-        if buf:
-            await asyncio.to_thread(_write_block, f, upload.sha, bytes(buf))
+            pending.append(chunk)
+            pending_size += len(chunk)
+            if pending_size >= _IO_BLOCK:
+                await asyncio.to_thread(_write_blocks, f, upload.sha, pending)
+                pending, pending_size = [], 0
+        if pending:
+            await asyncio.to_thread(_write_blocks, f, upload.sha, pending)
         if expected is not None and received != expected:
             raise RegistryError(
                 400,
