@@ -466,6 +466,31 @@ def test_concurrent_uploads_and_downloads(server: ServerThread) -> None:
     asyncio.run(asyncio.wait_for(run(), 120))
 
 
+def test_concurrent_tag_pushes_lose_nothing(server: ServerThread) -> None:
+    repo = "conc/tags"
+    body = make_manifest(server, repo, [b"shared layer"])
+    bodies = {f"t{i}": make_manifest(server, repo, [b"layer %d" % i]) for i in range(20)}
+
+    async def run() -> None:
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(server.url, timeout=timeout) as s:
+
+            async def put(tag: str, data: bytes) -> None:
+                headers = {"Content-Type": OCI_MANIFEST}
+                async with s.put(f"/v2/{repo}/manifests/{tag}", data=data, headers=headers) as r:
+                    assert r.status == 201
+
+            await asyncio.gather(
+                *(put(t, b) for t, b in bodies.items()), *(put(f"s{i}", body) for i in range(20))
+            )
+
+    asyncio.run(asyncio.wait_for(run(), 120))
+    layout = OciLayout.open(server.root / repo)
+    assert layout.tags() == sorted([*bodies, *(f"s{i}" for i in range(20))])
+    for tag, data in bodies.items():
+        assert call(server, "GET", f"/v2/{repo}/manifests/{tag}").body == data
+
+
 # -- manifests -------------------------------------------------------------------------
 
 

@@ -192,7 +192,11 @@ class Registry:
             )
         repo = self._repos.get(name)
         if repo is None:
-            repo = self._repos[name] = _Repo(RepoStore(self.root, name))
+            repo = _Repo(RepoStore(self.root, name))
+            # Only repositories that exist are remembered: lookups of made-up names
+            # must not grow the server's memory.
+            if repo.store.exists():
+                repo = self._repos.setdefault(name, repo)
         return repo
 
     def existing(self, name: str) -> _Repo:
@@ -206,7 +210,7 @@ class Registry:
         if not repo.store.exists():
             async with self._create_lock:
                 await asyncio.to_thread(repo.store.create)
-        return repo
+        return self._repos.setdefault(name, repo)
 
     async def new_upload(self, repo: _Repo) -> _Upload:
         upload_id = uuid.uuid4().hex
