@@ -391,10 +391,10 @@ def test_multipart_roundtrip(
     assert got == {s: blob[s.start : s.end] for s in spans}
 
 
-def test_multipart_preamble_and_epilogue() -> None:
+def test_multipart_blank_lead_and_epilogue() -> None:
     blob = bytes(range(256)) * 4
     spans = [Span(0, 10), Span(100, 300)]
-    body = build_multipart(blob, spans, "B", preamble=b"ignored preamble") + b"epilogue\r\n"
+    body = build_multipart(blob, spans, "B", preamble=b"\r\n\r\n") + b"epilogue\r\n"
     assert parse_all(body, spans, len(blob), [1, 2, 3, 50], "B") == {
         s: blob[s.start : s.end] for s in spans
     }
@@ -429,6 +429,8 @@ def _malformed_cases() -> list[tuple[str, bytes]]:
         ("truncated", good[:-30]),
         ("no closing delimiter", good[: good.rfind(b"--B--")]),
         ("not multipart at all", blob),
+        ("a preamble", build_multipart(blob, spans, "B", preamble=b"preamble text")),
+        ("first part swallowed as preamble", good[3:]),
     ]
 
 

@@ -207,7 +207,6 @@ class MultipartByteRangesParser:
         total: int | None = None,
         *,
         max_part_header: int = 4096,
-        max_preamble: int = 1024,
         max_epilogue: int = 1024,
     ) -> None:
         if not boundary or len(boundary) > 70:
@@ -216,7 +215,6 @@ class MultipartByteRangesParser:
         self._expected = set(expected)
         self._total = total
         self._max_part_header = max_part_header
-        self._max_preamble = max_preamble
         self._max_epilogue = max_epilogue
         self._state = _PREAMBLE
         self._buf = b""
@@ -288,28 +286,25 @@ class MultipartByteRangesParser:
                 self._start_part(data[pos:end])
                 pos = end + 4
             elif state == _PREAMBLE:
-                if self._seen + pos == 0 and data.startswith(delim):
-                    pos = len(delim)
-                    self._state = _AFTER_DELIM
-                    continue
-                if self._seen + pos == 0 and n < len(delim) and delim.startswith(data):
-                    break
-                i = data.find(b"\r\n" + delim, pos)
-                if i < 0:
-                    keep = max(pos, n - len(delim) - 1)
-                    self._skipped += keep - pos
-                    pos = keep
-                    if self._skipped > self._max_preamble:
-                        raise MultipartError("no multipart boundary at the start of the body")
-                    break
-                self._skipped += i - pos
-                if self._skipped > self._max_preamble:
+                # Only blank lines may precede the first delimiter: a preamble is legal
+                # in multipart/mixed, but a byteranges body that has one is not ours.
+                while pos < n and data[pos] in b" \t\r\n":
+                    pos += 1
+                    self._skipped += 1
+                if self._skipped > 64:
                     raise MultipartError("no multipart boundary at the start of the body")
-                pos = i + 2 + len(delim)
+                if pos >= n:
+                    break
+                head = data[pos : pos + len(delim)]
+                if not delim.startswith(head):
+                    raise MultipartError("the body does not start with the multipart boundary")
+                if len(head) < len(delim):
+                    break
+                pos += len(delim)
                 self._state = _AFTER_DELIM
             else:  # _DONE: the epilogue is ignored, up to a limit
                 self._skipped += n - pos
-                if self._skipped > self._max_preamble + self._max_epilogue:
+                if self._skipped > 64 + self._max_epilogue:
                     raise MultipartError("data after the closing multipart boundary")
                 pos = n
         self._seen += pos
