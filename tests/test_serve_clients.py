@@ -192,6 +192,47 @@ def test_skopeo_copy_between_repositories_mounts(
     ) == skopeo_inspect(f"docker://{server.host}/mount/a:v1", raw=True, parse=False)
 
 
+def test_skopeo_multi_arch_index(server: ServerThread, tmp_path: Path) -> None:
+    """An image index: children go up by digest (untagged in index.json), the index by tag."""
+    src = tmp_path / "src"
+    layout = OciLayout.create(src)
+    children = []
+    for arch, seed in (("amd64", 10), ("arm64", 11)):
+        desc, digests = oci.add_layer(
+            layout, io.BytesIO(make_tar(random_files(seed, 2, 4000))), "gzip"
+        )
+        config = oci.build_config(None, [LayerHistory(digests.diff_id)], arch=arch, created=EPOCH)
+        m = oci.write_image(layout, config, [desc], tag=f"only-{arch}")
+        children.append(
+            {
+                "mediaType": m.media_type,
+                "digest": m.digest,
+                "size": m.size,
+                "platform": {"architecture": arch, "os": "linux"},
+            }
+        )
+    index = oci.canonical_json(
+        {"schemaVersion": 2, "mediaType": oci.OCI_INDEX, "manifests": children}
+    )
+    layout.add_manifest(index, "multi", media_type=oci.OCI_INDEX)
+    ref = f"docker://{server.host}/multi/arch:v1"
+    skopeo_copy(f"oci:{src}:multi", ref, "--all", preserve_digests=True)
+    assert skopeo_inspect(ref, raw=True, parse=False) == index
+    entries = OciLayout.open(server.root / "multi/arch").read_index().manifests
+    assert {(d.digest, d.ref_name) for d in entries} == {
+        (sha(index), "v1"),
+        *((c["digest"], None) for c in children),
+    }
+    dst = tmp_path / "dst"
+    skopeo_copy(ref, f"oci:{dst}:back", "--all", preserve_digests=True)
+    (back,) = OciLayout.open(dst).read_index().manifests
+    assert back.digest == sha(index)
+    # A single-platform pull through the index.
+    out = skopeo_inspect(ref)
+    assert isinstance(out, dict)
+    assert out["Architecture"] in ("amd64", "arm64")
+
+
 # -- podman --------------------------------------------------------------------------------
 
 
