@@ -74,12 +74,14 @@ async def ranged(
     check: Any = None,
     **kw: Any,
 ) -> tuple[list[bytes], dict[str, Any], str]:
-    async with client(**kw) as c:
-        async with RangeFetcher(
+    async with (
+        client(**kw) as c,
+        RangeFetcher(
             c, proxied(proxy, repo), img.layer.digest, img.layer.size, options=options, check=check
-        ) as f:
-            out = await f.fetch_all(ranges)
-            return out, c.stats.to_dict(), f.mode
+        ) as f,
+    ):
+        out = await f.fetch_all(ranges)
+        return out, c.stats.to_dict(), f.mode
 
 
 # -- whole downloads --
@@ -422,7 +424,7 @@ def test_basic_credentials_sent_to_token_server(
 def test_auth_refused_is_a_clear_error(
     docker_registry: RunningRegistry, pushed: tuple[SampleImage, str]
 ) -> None:
-    img, repo = pushed
+    _img, repo = pushed
 
     async def go() -> None:
         # The proxy's tokens are never accepted: one challenge answered, then 401.

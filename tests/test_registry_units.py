@@ -4,6 +4,7 @@ credential files, retry policy, range planning and the multipart parser."""
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import random
 from datetime import UTC, datetime, timedelta
@@ -273,7 +274,7 @@ def test_merge_ranges() -> None:
 def test_merge_ranges_covers_exactly(pairs: list[tuple[int, int]], gap: int) -> None:
     spans = validate_ranges(pairs, None)
     merged = merge_ranges(spans, max_gap=gap)
-    for a, b in zip(merged, merged[1:], strict=False):
+    for a, b in itertools.pairwise(merged):
         assert b.start - a.end > gap  # disjoint, gaps above the threshold
     for s in spans:
         assert any(m.start <= s.start and s.end <= m.end for m in merged)

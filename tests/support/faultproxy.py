@@ -34,6 +34,7 @@ import socket
 import struct
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -116,9 +117,8 @@ class FaultProxy:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        server = site._server
-        assert server is not None
-        port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        server: Any = site._server
+        port = server.sockets[0].getsockname()[1]
         self.host = f"127.0.0.1:{port}"
         self.url = f"http://{self.host}"
         self._session = aiohttp.ClientSession(auto_decompress=False)
@@ -264,20 +264,20 @@ class FaultProxy:
             sent = 0
             try:
                 async for chunk in up.content.iter_any():
-                    if fault is not None and fault.kind in ("reset", "truncate", "drip"):
-                        if sent + len(chunk) >= fault.after:
-                            head = chunk[: fault.after - sent]
-                            await resp.write(head)
-                            sent += len(head)
-                            if fault.kind == "drip":
-                                sent += await self._drip(resp, chunk[len(head) :], fault)
-                            self._break(request, reset=fault.kind == "reset")
-                            self._log(n, kind, request, up.status, sent, fault)
-                            return resp
-                    if fault is not None and fault.kind == "flip":
-                        if sent <= fault.after < sent + len(chunk):
-                            i = fault.after - sent
-                            chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1 :]
+                    breaks = fault is not None and fault.kind in ("reset", "truncate", "drip")
+                    if breaks and fault is not None and sent + len(chunk) >= fault.after:
+                        head = chunk[: fault.after - sent]
+                        await resp.write(head)
+                        sent += len(head)
+                        if fault.kind == "drip":
+                            sent += await self._drip(resp, chunk[len(head) :], fault)
+                        self._break(request, reset=fault.kind == "reset")
+                        self._log(n, kind, request, up.status, sent, fault)
+                        return resp
+                    flips = fault is not None and fault.kind == "flip"
+                    if flips and fault is not None and sent <= fault.after < sent + len(chunk):
+                        i = fault.after - sent
+                        chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1 :]
                     await resp.write(chunk)
                     sent += len(chunk)
                 await resp.write_eof()
