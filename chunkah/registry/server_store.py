@@ -328,21 +328,22 @@ class RepoStore:
             self._write_index(index, entries)
 
     def delete_manifest(self, reference: str) -> bool:
-        """Drop a tag, or every entry of a digest; False if nothing matched."""
+        """Drop a tag (its manifest stays, untagged) or every entry of a digest.
+
+        Returns False if nothing matched.
+        """
         with self._locked():
             index = self.read_index()
             if is_valid_digest(reference):
+                gone = [d for d in index.manifests if d.digest == reference]
                 kept = [d for d in index.manifests if d.digest != reference]
             else:
-                kept = [d for d in index.manifests if d.ref_name != reference]
                 gone = [d for d in index.manifests if d.ref_name == reference]
-                # A tag's manifest stays pullable by digest, like after a tag move.
-                for d in gone:
+                kept = [d for d in index.manifests if d.ref_name != reference]
+                for d in gone:  # still pullable by digest, as after a tag move
                     if not any(e.digest == d.digest for e in kept):
                         kept.append(_untagged(d))
-                if not gone:
-                    return False
-            if len(kept) == len(index.manifests) and is_valid_digest(reference):
+            if not gone:
                 return False
             self._write_index(index, kept)
             return True
