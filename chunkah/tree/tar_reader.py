@@ -28,6 +28,7 @@ from chunkah.tree.model import (
     is_below,
     normalize_path,
     parent_of,
+    path_sort_key,
 )
 
 __all__ = ["TarSource", "flatten_layers", "iter_tar_members", "read_tar"]
@@ -292,7 +293,7 @@ def flatten_layers(layers: Iterable[TarSource], *, spool_dir: str | os.PathLike[
             if old is not None and old.type is EntryType.DIR and entry.type is not EntryType.DIR:
                 drop_whole.add(path)
         _drop(tree, drop_whole, drop_below)
-        for path in sorted(upper, key=lambda p: tuple(p.split(b"/"))):
+        for path in sorted(upper, key=path_sort_key):
             _check_parents(tree, path)
             tree.add(upper[path])
     tree.canonicalize_hardlinks()
