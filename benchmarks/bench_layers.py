@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 SOURCE_DATE_EPOCH = "1700000000"
 BUILD_TIMEOUT = 1800.0
 MB = 1e6
+UNCLAIMED = "chunkah/unclaimed"  # the name chunkah build gives the catch-all layer
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,10 @@ def run_build(source: Path, dest: Path, tag: str, flags: list[str], workers: int
         "seconds": round(seconds, 3),
         "peak_rss_bytes": usage.ru_maxrss * 1024,
         "manifest": doc["manifest"]["digest"],
-        "layers": [{"digest": layer["digest"], "size": layer["size"]} for layer in doc["layers"]],
+        "layers": [
+            {"digest": layer["digest"], "size": layer["size"], "name": layer.get("name", "")}
+            for layer in doc["layers"]
+        ],
         "warnings": [line for line in stderr.splitlines() if "warning" in line.lower()][:20],
     }
 
@@ -282,7 +286,15 @@ def bench_mode(
         "build_seconds_mean": statistics.mean(b["seconds"] for b in builds),
         "peak_rss_bytes": max(b["peak_rss_bytes"] for b in builds),
         "layers_max": max(len(b["layers"]) for b in builds),
+        "unclaimed_share_max": max(unclaimed_share(b["layers"]) for b in builds),
     }
+
+
+def unclaimed_share(layers: list[dict[str, Any]]) -> float:
+    """Bytes of the layer holding only unclaimed files, over the image (0 when none is named so)."""
+    total = sum(layer["size"] for layer in layers)
+    unclaimed = sum(layer["size"] for layer in layers if layer["name"] == UNCLAIMED)
+    return unclaimed / total if total else 0.0
 
 
 # --- tables ---------------------------------------------------------------------------
@@ -299,7 +311,7 @@ def summary_rows(results: dict[str, Any]) -> list[list[object]]:
         for m in s["modes"]:
             head = [name, m["mode"]]
             if not m["available"]:
-                rows.append([*head, "not available", *["-"] * 9])
+                rows.append([*head, "not available", *["-"] * 10])
                 continue
             x = m["summary"]
             ratio = x["download_over_ideal"]
@@ -314,6 +326,7 @@ def summary_rows(results: dict[str, Any]) -> list[list[object]]:
                     f"{ratio:.1f}x" if ratio is not None else "-",
                     pct(m["noop"]["reuse"]),
                     m["layers_max"],
+                    pct(m["unclaimed_share_max"]) if m["max_layers"] > 1 else "-",
                     f"{m['build_seconds_mean']:.2f}",
                     f"{m['peak_rss_bytes'] / 2**20:.0f}",
                 ]
@@ -332,6 +345,7 @@ SUMMARY_HEADERS = [
     "download/ideal",
     "no-op reuse",
     "layers",
+    "unclaimed",
     "build s mean",
     "peak RSS MiB",
 ]
@@ -372,6 +386,55 @@ UPDATE_HEADERS = [
     "ideal MB (path)",
     "download/ideal",
 ]
+
+
+DEBIAN_IDEAL_LIMIT = 1.3  # issue 4: layer download <= 1.3x the file-level ideal on Debian
+UNCLAIMED_LIMIT = 0.02  # issue 4: unclaimed bytes <= 2 % of the image
+
+
+def checks(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, judged on this run's numbers."""
+    out: list[dict[str, Any]] = []
+    for name, s in results.items():
+        avail = {m["mode"]: m for m in s["modes"] if m["available"]}
+        debian = isinstance(series_mod.SERIES[name].versions[0], series_mod.DebianVersion)
+        for mode, m in avail.items():
+            out.append(
+                {
+                    "check": f"{name}/{mode}: no-op rebuild reuses 100 %",
+                    "ok": m["noop"]["reuse"] == 1.0,
+                    "value": pct(m["noop"]["reuse"]),
+                }
+            )
+            if debian and m["max_layers"] > 1:
+                ratio = m["summary"]["download_over_ideal"]
+                out.append(
+                    {
+                        "check": f"{name}/{mode}: download <= {DEBIAN_IDEAL_LIMIT}x file-level ideal",
+                        "ok": ratio is not None and ratio <= DEBIAN_IDEAL_LIMIT,
+                        "value": f"{ratio:.2f}x" if ratio is not None else "-",
+                    }
+                )
+                out.append(
+                    {
+                        "check": f"{name}/{mode}: unclaimed <= {pct(UNCLAIMED_LIMIT)} of the image",
+                        "ok": m["unclaimed_share_max"] <= UNCLAIMED_LIMIT,
+                        "value": pct(m["unclaimed_share_max"]),
+                    }
+                )
+        for n in (64, 128):
+            h, st = avail.get(f"history-{n}"), avail.get(f"stateless-{n}")
+            if h and st:
+                hd = h["summary"]["download_total_bytes"]
+                sd = st["summary"]["download_total_bytes"]
+                out.append(
+                    {
+                        "check": f"{name}: history-{n} downloads no more than stateless-{n}",
+                        "ok": hd <= sd,
+                        "value": f"{hd / MB:.2f} vs {sd / MB:.2f} MB",
+                    }
+                )
+    return out
 
 
 def main() -> None:
@@ -420,7 +483,12 @@ def main() -> None:
     ]
     if unavailable:
         print("\nnot available: " + "; ".join(unavailable))
-    path = write_json("bench_layers", {"machine": info, "series": results})
+    judged = checks(results)
+    if judged:
+        print()
+        rows = [["ok" if c["ok"] else "FAIL", c["check"], c["value"]] for c in judged]
+        print(markdown_table(["", "target", "measured"], rows))
+    path = write_json("bench_layers", {"machine": info, "series": results, "checks": judged})
     print(f"JSON: {path}")
 
 
