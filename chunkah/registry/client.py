@@ -148,6 +148,48 @@ class _Reply:
     url: URL
 
 
+class _HashWriter:
+    """Hashes and writes in a worker thread, one batch behind the network reads.
+
+    sha256 and file writes release the GIL, so the event loop keeps receiving while
+    the previous few MiB are hashed and written; order is kept (one batch in flight).
+    """
+
+    def __init__(self, h: Any, sink: BlobSink, batch: int = 4 << 20) -> None:
+        self._h = h
+        self._sink = sink
+        self._batch = batch
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._pending: asyncio.Future[None] | None = None
+
+    def _work(self, chunks: list[bytes]) -> None:
+        for c in chunks:
+            self._h.update(c)
+            self._sink.write(c)
+
+    async def add(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        if self._size >= self._batch:
+            await self._submit()
+
+    async def _submit(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending
+        if self._chunks:
+            chunks, self._chunks, self._size = self._chunks, [], 0
+            self._pending = asyncio.get_running_loop().run_in_executor(None, self._work, chunks)
+
+    async def drain(self) -> None:
+        """Everything added so far is hashed and written when this returns."""
+        await self._submit()
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending
+
+
 class _RetryableStatus(Exception):
     def __init__(self, status: int, detail: str, retry_after: float | None) -> None:
         super().__init__(detail)
@@ -825,6 +867,7 @@ class RegistryClient:
         ref = _as_ref(ref)
         url = self.blob_url(ref, digest)
         h = _hasher(digest)
+        pipe = _HashWriter(h, sink)
         got = 0
         resp = first_response
         attempts = self.retry.attempts
@@ -852,12 +895,12 @@ class RegistryClient:
                                 f"blob {digest}: the registry sent more than the {size} bytes "
                                 "its descriptor declares"
                             )
-                        h.update(chunk)
-                        sink.write(chunk)
+                        await pipe.add(chunk)
                         got += n
                 finally:
                     resp.close()
                     resp = None
+                    await pipe.drain()
                 break
             except _RetryableStatus as exc:
                 last, retry_after = str(exc), exc.retry_after
