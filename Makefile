@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Real tools the tests and benchmarks drive (registry, image tools, rootfs builder).
 DEBS := gcc libc6-dev zstd docker-registry skopeo umoci mmdebstrap podman uidmap \
-        fuse-overlayfs attr acl tar gzip rpm pacman-package-manager libarchive-tools
+        fuse-overlayfs attr acl tar gzip rpm pacman-package-manager libarchive-tools \
+        nginx-light
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 

@@ -160,6 +160,31 @@ def _cmd_sbom(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """Run the embedded OCI registry until interrupted."""
+    import logging
+
+    from chunkah.registry.server import serve
+
+    host, sep, port = args.listen.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise InputError(f"--listen {args.listen!r}: expected HOST:PORT, e.g. 127.0.0.1:5000")
+    root = Path(args.dir)
+    if not root.is_dir():
+        raise InputError(f"{root}: not a directory (create it first; repositories appear on push)")
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+
+    def ready(bound_host: str, bound_port: int) -> None:
+        print(
+            f"chunkah: serving {root} at http://{bound_host}:{bound_port}/v2/",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    serve(root, host.strip("[]"), int(port), ready=ready)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chunkah",
@@ -255,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("ref", metavar="REF", help="oci:DIR[:TAG] or oci-archive:FILE[:TAG]")
     ins.add_argument("--json", action="store_true", help="one JSON document on stdout")
     ins.set_defaults(handler=_cmd_inspect)
+
+    sv = sub.add_parser("serve", help="serve a directory of OCI layouts as an OCI registry")
+    sv.add_argument("dir", metavar="DIR", help="one OCI layout per repository: DIR/<repo>/")
+    sv.add_argument("--listen", default="127.0.0.1:5000", metavar="HOST:PORT")
+    sv.add_argument("-q", "--quiet", action="store_true", help="no access log")
+    sv.set_defaults(handler=_cmd_serve)
 
     sb = sub.add_parser("sbom", help="write a CycloneDX SBOM of a rootfs or an image")
     sb.add_argument("source", metavar="SOURCE", help="DIR, oci:DIR[:TAG] or oci-archive:FILE[:TAG]")
