@@ -5,6 +5,7 @@ layers and manifests into a layout; the data behind ``chunkah inspect``.
 from __future__ import annotations
 
 import contextlib
+import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -91,6 +92,9 @@ def _pick_platform(candidates: Sequence[Descriptor], want: Platform, where: str)
     return (exact or matches)[0]
 
 
+_REFERRERS_TAG = re.compile(r"sha256-[0-9a-f]{64}")
+
+
 def select_manifest(
     source: BlobSource,
     tag: str | None = None,
@@ -113,7 +117,13 @@ def select_manifest(
                 f"{where}: no image tagged {tag!r} (tags: {', '.join(tags) or 'none'})"
             )
     else:
-        candidates = list(index.manifests)
+        # Artifacts (an attached SBOM) and referrers fallback indexes are not images.
+        candidates = [
+            d
+            for d in index.manifests
+            if "artifactType" not in d.extra
+            and not _REFERRERS_TAG.fullmatch(d.ref_name or "")
+        ]
         if not candidates:
             raise ImageNotFoundError(f"{where}: the layout holds no image")
         if len(candidates) > 1 and not all(d.platform for d in candidates):

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from typing import BinaryIO
 
 from chunkah.tree.errors import TreeError, show_path
 from chunkah.tree.model import Entry, EntryType, FileContent, Tree
 
-__all__ = ["WrittenTar", "tar_header", "write_tar"]
+__all__ = [
+    "END_OF_ARCHIVE",
+    "TarRecord",
+    "WrittenTar",
+    "iter_tar_records",
+    "tar_header",
+    "write_tar",
+]
 
 _BLOCK = 1 << 20  # content is streamed in blocks of this size; memory stays bounded
 _ZEROS = bytes(_BLOCK)
@@ -240,6 +248,73 @@ def _copy_fd(sink: _Sink, fd: int, size: int, entry: Entry) -> None:
         left -= n
 
 
+END_OF_ARCHIVE = bytes(1024)
+
+
+@dataclass(frozen=True)
+class TarRecord:
+    """One member of the canonical tar: its entry (mtime clamped), header block(s)
+    and payload size.  ``hardlink_to`` names the group's first member when this
+    entry is written as a link (then it has no payload)."""
+
+    entry: Entry
+    header: bytes
+    payload_size: int
+    hardlink_to: bytes | None
+
+    @property
+    def padding(self) -> int:
+        return -self.payload_size % 512
+
+
+def iter_tar_records(tree: Tree, *, mtime_clamp: int | None = None) -> Iterator[TarRecord]:
+    """The canonical tar as records, in order (without the end-of-archive blocks).
+
+    :func:`write_tar` and the chunked layer writer both consume this, so the two
+    can never disagree about a layer's bytes.
+    """
+    first_of: dict[bytes, bytes] = {}
+    for members in tree.hardlink_groups().values():
+        for p in members[1:]:
+            first_of[p] = members[0]
+    for entry in tree:
+        path = entry.path
+        if mtime_clamp is not None and entry.mtime > mtime_clamp:
+            entry = replace(entry, mtime=mtime_clamp)
+        etype = entry.type
+        size = 0
+        linkname = b""
+        link_to = None
+        if etype is EntryType.DIR:
+            name = path + b"/" if path else b"./"
+            typeflag = b"5"
+        else:
+            name = path
+            typeflag = _TYPEFLAG[etype]
+            if etype is EntryType.FILE:
+                link_to = first_of.get(path)
+                if link_to is not None:
+                    typeflag = _LNKTYPE
+                    linkname = link_to
+                else:
+                    size = entry.size
+            elif etype is EntryType.SYMLINK:
+                linkname = entry.link_target
+        header = tar_header(
+            name,
+            typeflag,
+            mode=entry.mode,
+            uid=entry.uid,
+            gid=entry.gid,
+            size=size,
+            mtime=entry.mtime,
+            linkname=linkname,
+            rdev=entry.rdev,
+            xattrs=entry.xattrs,
+        )
+        yield TarRecord(entry, header, size, link_to)
+
+
 def write_tar(
     tree: Tree,
     out: BinaryIO,
@@ -256,50 +331,12 @@ def write_tar(
     and returned empty. The archive ends with two zero blocks, no record padding.
     """
     sink = _Sink(out, digest)
-    first_of: dict[bytes, bytes] = {}
-    for members in tree.hardlink_groups().values():
-        for p in members[1:]:
-            first_of[p] = members[0]
-    for entry in tree:
-        path = entry.path
-        mtime = entry.mtime if mtime_clamp is None else min(entry.mtime, mtime_clamp)
-        etype = entry.type
-        size = 0
-        linkname = b""
-        if etype is EntryType.DIR:
-            name = path + b"/" if path else b"./"
-            typeflag = b"5"
-        else:
-            name = path
-            typeflag = _TYPEFLAG[etype]
-            if etype is EntryType.FILE:
-                link_to = first_of.get(path)
-                if link_to is not None:
-                    typeflag = _LNKTYPE
-                    linkname = link_to
-                else:
-                    size = entry.size
-            elif etype is EntryType.SYMLINK:
-                linkname = entry.link_target
-        sink.write(
-            tar_header(
-                name,
-                typeflag,
-                mode=entry.mode,
-                uid=entry.uid,
-                gid=entry.gid,
-                size=size,
-                mtime=mtime,
-                linkname=linkname,
-                rdev=entry.rdev,
-                xattrs=entry.xattrs,
-            )
-        )
-        if size:
-            _copy_content(sink, entry)
-            pad = -size % 512
-            if pad:
-                sink.write(_ZEROS[:pad])
+    for record in iter_tar_records(tree, mtime_clamp=mtime_clamp):
+        sink.write(record.header)
+        if record.payload_size:
+            _copy_content(sink, record.entry)
+            if record.padding:
+                sink.write(_ZEROS[: record.padding])
     sink.write(_ZEROS[:1024])
     sink.flush()
     return WrittenTar(sink.total, sink.hasher.hexdigest() if sink.hasher is not None else "")
