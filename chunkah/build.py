@@ -14,13 +14,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
 from chunkah import oci
 from chunkah.compression import BlobDigests, CompressingWriter, Compression
 from chunkah.errors import InputError
+from chunkah.format.writer import ChunkedSettings, write_chunked_layer
 from chunkah.oci import Descriptor, ImageConfig, LayerHistory, OciLayout
 from chunkah.owners import assign_components
 from chunkah.packing import (
@@ -43,7 +44,7 @@ class BuildOptions:
     """Everything `chunkah build` takes besides source and destination."""
 
     tag: str | None = None
-    compression: Compression = Compression.NONE
+    compression: str = "chunked"  # chunked (zstd frames + TOC), zstd, gzip or none
     level: int | None = None
     workers: int = 1
     labels: Sequence[tuple[str, str | None]] = ()
@@ -213,17 +214,29 @@ def plan_content_layers(
 def _write_layer(
     layout: OciLayout, spec: LayerSpec, options: BuildOptions, threads: int
 ) -> BuiltLayer:
-    with layout.blob_writer() as blob:
-        writer = CompressingWriter(
-            blob,  # type: ignore[arg-type]
-            options.compression,
-            level=options.level,
-            threads=threads,
-        )
-        write_tar(spec.tree, writer, mtime_clamp=spec.mtime_clamp, digest=False)  # type: ignore[arg-type]
-        digests = writer.finish()
-        blob.commit(digests.digest, digests.size)
     annotations = dict(spec.annotations)
+    with layout.blob_writer() as blob:
+        if options.compression == "chunked":
+            settings = ChunkedSettings(threads=threads)
+            if options.level is not None:
+                settings = replace(settings, level=options.level)
+            layer, _toc = write_chunked_layer(
+                spec.tree, blob, mtime_clamp=spec.mtime_clamp, settings=settings
+            )
+            digests = BlobDigests(
+                layer.diff_id, layer.digest, layer.size, layer.uncompressed_size, Compression.ZSTD
+            )
+            annotations.update(layer.annotations())
+        else:
+            writer = CompressingWriter(
+                blob,  # type: ignore[arg-type]
+                Compression(options.compression),
+                level=options.level,
+                threads=threads,
+            )
+            write_tar(spec.tree, writer, mtime_clamp=spec.mtime_clamp, digest=False)  # type: ignore[arg-type]
+            digests = writer.finish()
+        blob.commit(digests.digest, digests.size)
     descriptor = Descriptor(
         media_type=oci.layer_media_type(digests.compression),
         digest=digests.digest,

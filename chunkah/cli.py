@@ -86,11 +86,10 @@ def _progress_printer(args: argparse.Namespace) -> Callable[[str], None]:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from chunkah import build, oci
-    from chunkah.compression import Compression
 
     options = build.BuildOptions(
         tag=args.tag,
-        compression=Compression(args.compression),
+        compression=args.compression,
         level=args.level,
         workers=args.workers,
         labels=oci.parse_label_edits(args.label),
@@ -226,9 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--compression",
-        choices=["none", "gzip", "zstd"],
-        default="none",
-        help="layer compression (default: none, like coreos/chunkah)",
+        choices=["chunked", "zstd", "gzip", "none"],
+        default="chunked",
+        help="layer format: chunked (tar+zstd with a chunk TOC for range updates, default), "
+        "plain zstd, gzip, or uncompressed",
     )
     b.add_argument("--level", type=int, help="compression level")
     b.add_argument(

@@ -280,7 +280,17 @@ def test_prune_rules(tmp_path):
         (src / d).mkdir(parents=True)
         (src / d / "f").write_text(d)
     out = tmp_path / "img"
-    build_json(str(src), "-o", f"oci:{out}:t", "--prune", "/gone", "--prune", "/emptied/")
+    build_json(
+        str(src),
+        "-o",
+        f"oci:{out}:t",
+        "--prune",
+        "/gone",
+        "--prune",
+        "/emptied/",
+        "--compression",
+        "gzip",
+    )
     rootfs = umoci_unpack(out, "t", tmp_path / "bundle")
     assert (rootfs / "keep/a/f").read_text() == "keep/a"
     assert not (rootfs / "gone").exists()

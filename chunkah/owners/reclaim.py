@@ -64,7 +64,7 @@ def reclaim_by_digest(
         names.add(_basename(o.db_path or o.path))
     if not by_digest:
         return ReclaimResult([], 0, 0, False)
-    candidates: list[tuple[int, tuple[bytes, ...], bytes, list[str]]] = []
+    candidates: list[tuple[int, bytes, bytes, list[str]]] = []
     for p in unclaimed:
         e = tree[p]
         if e.type is not EntryType.FILE or e.size == 0 or e.content is None:
