@@ -117,7 +117,14 @@ def test_handmade_tree_with_every_entry_type_round_trips(handmade_tree, docker_r
 def test_skip_special_files_leaves_them_out(handmade_tree, tmp_path):
     out = tmp_path / "img"
     build_json(
-        str(handmade_tree.root), "-o", f"oci:{out}:t", "--skip-special-files", "--max-layers", "1"
+        str(handmade_tree.root),
+        "-o",
+        f"oci:{out}:t",
+        "--skip-special-files",
+        "--max-layers",
+        "1",
+        "--compression",
+        "gzip",
     )
     rootfs = umoci_unpack(out, "t", tmp_path / "bundle")
     specials = [*handmade_tree.fifos, *handmade_tree.char_devices, *handmade_tree.block_devices]
