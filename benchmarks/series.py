@@ -406,6 +406,9 @@ def _build_debian(version: DebianVersion, tmp: Path, debs: Path, offline: bool) 
         os.rename(grab, debs)
         built_from = "mirror"
     debian.extract_rootfs_tar(tar, tmp / "rootfs")
+    # Emptying dev/ stamped it with the current time; mmdebstrap's tar has it at the epoch.
+    epoch = version.recipe.source_date_epoch
+    os.utime(tmp / "rootfs/dev", (epoch, epoch), follow_symlinks=False)
     size, files = _tree_stats(tmp / "rootfs")
     return {
         "label": version.label,
