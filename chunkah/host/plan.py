@@ -1,0 +1,315 @@
+"""The update planner: a pure function of the target's layer indexes and what the
+host already has.  No I/O, no network: it says, for every file of the new tree,
+whether it is hardlinked or copied from the current deployment or assembled from
+chunks (local, cached or fetched), which frames to fetch in which coalesced byte
+ranges, and how many bytes that costs.  The fetcher and assembler only execute it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from chunkah.errors import VerificationError
+from chunkah.host.index import IndexEntry, LayerIndex
+from chunkah.tree.model import path_sort_key
+
+__all__ = [
+    "ChunkStep",
+    "FetchRange",
+    "FileStep",
+    "Inventory",
+    "LocalChunk",
+    "PlanError",
+    "UpdatePlan",
+    "flatten",
+    "inventory_from_indexes",
+    "plan_update",
+]
+
+DEFAULT_MERGE_GAP = 4096  # fetch a gap between two needed frames rather than split the range
+_WHITEOUT = b".wh."
+_OPAQUE = b".wh..wh..opq"
+
+
+class PlanError(VerificationError):
+    """The target image cannot be turned into a tree safely (a lying or hostile index)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalChunk:
+    path: bytes  # relative to the current deployment's root
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """What the host has: files and chunks of the current deployment, the chunk cache."""
+
+    files: dict[bytes, IndexEntry] = field(default_factory=dict)  # sha256 -> a local file
+    chunks: dict[bytes, LocalChunk] = field(default_factory=dict)
+    cached: frozenset[bytes] = frozenset()
+    layers: frozenset[str] = frozenset()  # layer digests of the current image
+
+    @property
+    def empty(self) -> bool:
+        return not self.files and not self.cached
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkStep:
+    sha256: bytes
+    size: int
+    source: str  # "cache", "local" or "fetch"
+    local: LocalChunk | None = None
+    layer: int = -1
+    frame: int = -1
+    offset_in_frame: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FileStep:
+    entry: IndexEntry
+    layer: int
+    action: (
+        str  # "link" (hardlink a local file), "copy" (local file, new metadata), "build", "empty"
+    )
+    local: bytes = b""  # path in the current deployment for link/copy
+    chunks: tuple[ChunkStep, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FetchRange:
+    layer: int
+    offset: int
+    length: int
+    frames: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class UpdatePlan:
+    entries: tuple[tuple[int, IndexEntry], ...]  # (layer, entry) of the new tree, canonical order
+    files: tuple[FileStep, ...]
+    fetch: tuple[FetchRange, ...]
+    whole_layers: tuple[int, ...]  # downloaded whole (no index)
+    unchanged_layers: tuple[int, ...]
+    layers: tuple[dict[str, Any], ...]  # per-layer summary
+
+    @property
+    def fetch_bytes(self) -> int:
+        return sum(r.length for r in self.fetch)
+
+    def summary(self, indexes: Sequence[LayerIndex]) -> dict[str, Any]:
+        actions: dict[str, int] = defaultdict(int)
+        action_bytes: dict[str, int] = defaultdict(int)
+        chunk_sources: dict[str, int] = defaultdict(int)
+        chunk_bytes: dict[str, int] = defaultdict(int)
+        for f in self.files:
+            actions[f.action] += 1
+            action_bytes[f.action] += f.entry.size
+            for c in f.chunks:
+                chunk_sources[c.source] += 1
+                chunk_bytes[c.source] += c.size
+        toc_bytes = sum(
+            indexes[i].toc_bytes for i in range(len(indexes)) if i not in self.unchanged_layers
+        )
+        whole = sum(indexes[i].blob_size for i in self.whole_layers)
+        return {
+            "entries": len(self.entries),
+            "files": dict(actions),
+            "file_bytes": dict(action_bytes),
+            "chunks": dict(chunk_sources),
+            "chunk_bytes": dict(chunk_bytes),
+            "ranges": len(self.fetch),
+            "fetch_bytes": self.fetch_bytes,
+            "toc_bytes": toc_bytes,
+            "whole_layer_bytes": whole,
+            "expected_bytes": self.fetch_bytes + toc_bytes + whole,
+            "full_pull_bytes": sum(ix.blob_size for ix in indexes),
+            "layers": list(self.layers),
+        }
+
+
+def _parent(path: bytes) -> bytes:
+    i = path.rfind(b"/")
+    return path[:i] if i >= 0 else b""
+
+
+def flatten(indexes: Sequence[LayerIndex]) -> dict[bytes, tuple[int, IndexEntry]]:
+    """Apply layers in order, with OCI whiteouts and opaque directories.
+
+    Returns path -> (layer, entry) of the final tree.  Refuses trees where an
+    entry's parent is not a directory (a symlink as parent would let a write
+    escape the staging directory) and hardlinks that do not point at a file.
+    """
+    final: dict[bytes, tuple[int, IndexEntry]] = {}
+    children: dict[bytes, set[bytes]] = defaultdict(set)
+
+    def drop(path: bytes) -> None:
+        stack = [path]
+        while stack:
+            p = stack.pop()
+            if final.pop(p, None) is not None:
+                kids = children.pop(p, set())
+                stack.extend(kids)
+                children[_parent(p)].discard(p)
+
+    for li, index in enumerate(indexes):
+        for entry in index:
+            path = entry.path
+            base = path.rpartition(b"/")[2]
+            if base.startswith(_WHITEOUT):
+                parent = _parent(path)
+                if base == _OPAQUE:
+                    for kid in list(children.get(parent, ())):
+                        drop(kid)
+                else:
+                    drop((parent + b"/" if parent else b"") + base[len(_WHITEOUT) :])
+                continue
+            old = final.get(path)
+            if old is not None and (old[1].type == "dir") != (entry.type == "dir"):
+                drop(path)
+            final[path] = (li, entry)
+            if path:
+                children[_parent(path)].add(path)
+    for path, (_li, entry) in final.items():
+        if path:
+            above = final.get(_parent(path))
+            if above is None:
+                raise PlanError(f"{path!r}: its parent directory is not in the image")
+            if above[1].type != "dir":
+                raise PlanError(f"{path!r}: its parent is a {above[1].type}, not a directory")
+        if entry.type == "hardlink":
+            target = final.get(entry.link)
+            if target is None or target[1].type != "file":
+                raise PlanError(
+                    f"{path!r}: hardlink to {entry.link!r}, which is not a regular file"
+                )
+    return final
+
+
+def inventory_from_indexes(
+    current: Sequence[LayerIndex], cached: Iterable[bytes] = ()
+) -> Inventory:
+    """The inventory of a deployment made from ``current`` (its content is trusted:
+    deployments are immutable and were verified when they were made)."""
+    files: dict[bytes, IndexEntry] = {}
+    chunks: dict[bytes, LocalChunk] = {}
+    for _li, entry in flatten(current).values():
+        if entry.type != "file" or not entry.sha256:
+            continue
+        files.setdefault(entry.sha256, entry)
+        offset = 0
+        for c in entry.chunks:
+            chunks.setdefault(c.sha256, LocalChunk(entry.path, offset, c.size))
+            offset += c.size
+    return Inventory(files, chunks, frozenset(cached), frozenset(ix.digest for ix in current))
+
+
+def _coalesce(layer: int, frames: list[tuple[int, int, int]], merge_gap: int) -> list[FetchRange]:
+    """frames: (offset, size, index) sorted by offset -> ranges with small gaps merged."""
+    out: list[FetchRange] = []
+    start = end = -1
+    members: list[int] = []
+    for offset, size, index in frames:
+        if members and offset - end <= merge_gap:
+            end = max(end, offset + size)
+            members.append(index)
+            continue
+        if members:
+            out.append(FetchRange(layer, start, end - start, tuple(members)))
+        start, end, members = offset, offset + size, [index]
+    if members:
+        out.append(FetchRange(layer, start, end - start, tuple(members)))
+    return out
+
+
+def plan_update(
+    indexes: Sequence[LayerIndex], inventory: Inventory, *, merge_gap: int = DEFAULT_MERGE_GAP
+) -> UpdatePlan:
+    """Plan how to make the tree of ``indexes`` from ``inventory`` plus fetched frames."""
+    final = flatten(indexes)
+    order = sorted(final, key=path_sort_key)
+    entries = tuple(final[p] for p in order)
+    unchanged = tuple(i for i, ix in enumerate(indexes) if ix.digest in inventory.layers)
+    whole = tuple(
+        i
+        for i, ix in enumerate(indexes)
+        if ix.kind == "whole" and ix.digest not in inventory.layers
+    )
+    need_frames: dict[int, set[int]] = defaultdict(set)
+    files: list[FileStep] = []
+    per_layer: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for li, entry in entries:
+        if entry.type != "file":
+            continue
+        stats = per_layer[li]
+        stats["files"] += 1
+        if entry.size == 0:
+            files.append(FileStep(entry, li, "empty"))
+            continue
+        local = inventory.files.get(entry.sha256)
+        if local is not None:
+            action = "link" if local.same_metadata(entry) else "copy"
+            files.append(FileStep(entry, li, action, local=local.path))
+            stats[f"{action}_bytes"] += entry.size
+            continue
+        if not entry.chunks:
+            raise PlanError(f"{entry.path!r}: {entry.size} bytes but no chunks and no local copy")
+        steps = []
+        total = 0
+        for c in entry.chunks:
+            total += c.size
+            if c.sha256 in inventory.cached:
+                steps.append(ChunkStep(c.sha256, c.size, "cache"))
+                stats["cache_bytes"] += c.size
+            elif c.sha256 in inventory.chunks:
+                steps.append(ChunkStep(c.sha256, c.size, "local", local=inventory.chunks[c.sha256]))
+                stats["local_chunk_bytes"] += c.size
+            elif c.frame >= 0:
+                steps.append(
+                    ChunkStep(
+                        c.sha256,
+                        c.size,
+                        "fetch",
+                        layer=li,
+                        frame=c.frame,
+                        offset_in_frame=c.offset_in_frame,
+                    )
+                )
+                need_frames[li].add(c.frame)
+                stats["fetch_chunk_bytes"] += c.size
+            else:
+                raise PlanError(
+                    f"{entry.path!r}: chunk {c.sha256.hex()[:12]} is not fetchable and not local"
+                )
+        if total != entry.size:
+            raise PlanError(
+                f"{entry.path!r}: chunks add up to {total} bytes, the entry says {entry.size}"
+            )
+        files.append(FileStep(entry, li, "build", chunks=tuple(steps)))
+    fetch: list[FetchRange] = []
+    for li in sorted(need_frames):
+        frames = indexes[li].frames
+        wanted = sorted((frames[f].offset, frames[f].size, f) for f in need_frames[li])
+        ranges = _coalesce(li, wanted, merge_gap)
+        per_layer[li]["fetch_bytes"] = sum(r.length for r in ranges)
+        per_layer[li]["ranges"] = len(ranges)
+        fetch.extend(ranges)
+    layers = []
+    for i, ix in enumerate(indexes):
+        row: dict[str, Any] = {
+            "index": i,
+            "digest": ix.digest,
+            "kind": ix.kind,
+            "components": list(ix.components),
+            "unchanged": i in unchanged,
+            "whole_download": i in whole,
+            "toc_bytes": 0 if i in unchanged else ix.toc_bytes,
+        }
+        row.update(per_layer.get(i, {}))
+        layers.append(row)
+    return UpdatePlan(entries, tuple(files), tuple(fetch), whole, unchanged, tuple(layers))
