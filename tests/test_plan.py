@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 
 import pytest
 from hypothesis import given, settings
@@ -216,5 +217,5 @@ def test_coalescing_covers_every_frame_once(frames, gap):
         for o, s, i in frames:
             if i in r.frames:
                 assert r.offset <= o and o + s <= r.offset + r.length
-    for a, b in zip(ranges, ranges[1:]):
+    for a, b in itertools.pairwise(ranges):
         assert b.offset - (a.offset + a.length) > gap or b.offset < a.offset + a.length
