@@ -8,11 +8,12 @@ same whatever the thread count.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,6 +34,9 @@ from chunkah.packing import (
     plan_stateless,
     previous_plan,
 )
+from chunkah.registry.client import RegistryClient
+from chunkah.registry.reference import parse_registry_reference
+from chunkah.registry.transfer import pull_image, push_image
 from chunkah.tree import Tree, flatten_layers, parse_prune, read_dir, write_tar
 from chunkah.tree.model import is_below
 
@@ -57,6 +61,8 @@ class BuildOptions:
     include_special_files: bool = False
     mtime_clamp: int | None = None  # default: SOURCE_DATE_EPOCH when set
     max_layers: int = DEFAULT_MAX_LAYERS
+    plain_http: bool = False  # for docker:// sources and destinations on loopback
+    tls_verify: bool = True
     previous: str | None = None  # history-aware packing against this image
 
 
@@ -152,14 +158,34 @@ def open_source(source: str, options: BuildOptions) -> Iterator[SourceImage]:
         )
         yield SourceImage(tree, None, str(ref.path))
         return
-    if ref.transport == "docker":
-        raise InputError(f"{source}: reading from registries is not supported yet")
-    image = oci.resolve_image(ref)
-    with tempfile.TemporaryDirectory(prefix="chunkah-spool-") as spool:
+    with contextlib.ExitStack() as stack:
+        if ref.transport == "docker":
+            # Pull into a local layout first: streamed to disk, digests verified.
+            pulled = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="chunkah-pull-")))
+            _run_registry(lambda client: _pull(client, source, f"oci:{pulled}/image:src"), options)
+            ref = oci.parse_reference(f"oci:{pulled}/image:src")
+        image = oci.resolve_image(ref)
+        spool = stack.enter_context(tempfile.TemporaryDirectory(prefix="chunkah-spool-"))
         tree = flatten_layers(_drained_layers(image), spool_dir=spool)
         for rule in options.prune:
             tree = _pruned(tree, rule)
-        yield SourceImage(tree, image.config, str(ref))
+        yield SourceImage(tree, image.config, source)
+
+
+def _run_registry(
+    job: Callable[[RegistryClient], Awaitable[object]], options: BuildOptions
+) -> None:
+    async def go() -> None:
+        async with RegistryClient(
+            plain_http=options.plain_http, tls_verify=options.tls_verify
+        ) as client:
+            await job(client)
+
+    asyncio.run(go())
+
+
+async def _pull(client: RegistryClient, source: str, dest: str) -> None:
+    await pull_image(client, source, dest)
 
 
 def _pruned(tree: Tree, rule: str) -> Tree:
@@ -285,8 +311,25 @@ def build(
     started = time.perf_counter()
     clamp = resolve_clamp(options)
     dest_ref = oci.parse_reference(destination)
+    if dest_ref.transport == "docker":
+        # Build into a local layout, then push it (blobs the registry has are skipped).
+        with tempfile.TemporaryDirectory(prefix="chunkah-push-") as tmp:
+            tag = options.tag or parse_registry_reference(destination).tag or "latest"
+            local = build(
+                source, f"oci:{tmp}/image:{tag}", replace(options, tag=tag), progress=progress
+            )
+            pushed: list[str] = []
+
+            async def push(client: RegistryClient) -> None:
+                pushed.append(await push_image(client, f"oci:{tmp}/image:{tag}", destination))
+
+            _run_registry(push, options)
+            progress(f"pushed {destination} ({pushed[0]})")
+            return replace(local, destination=destination)
     if dest_ref.transport not in ("oci", "oci-archive"):
-        raise InputError(f"{destination}: write to oci:DIR[:TAG] or oci-archive:FILE[:TAG]")
+        raise InputError(
+            f"{destination}: write to oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker://"
+        )
     with open_source(source, options) as src:
         progress(f"read {src.description}: {len(src.tree)} entries")
         if options.max_layers == 1 and not options.previous:

@@ -102,6 +102,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
         include_special_files=args.include_special_files,
         max_layers=args.max_layers,
         previous=args.previous,
+        plain_http=args.plain_http,
+        tls_verify=args.tls_verify,
     )
     result = build.build(args.source, args.output, options, progress=_progress_printer(args))
     payload = result.to_json()
@@ -184,6 +186,29 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tls_flag(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError("expected true or false")
+
+
+def _add_registry_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--plain-http",
+        action="store_true",
+        help="talk HTTP, not HTTPS, to docker:// registries (loopback)",
+    )
+    p.add_argument(
+        "--tls-verify",
+        type=_tls_flag,
+        default=True,
+        metavar="BOOL",
+        help="verify TLS certificates (false also allows plain HTTP, as skopeo)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chunkah",
@@ -202,13 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
     chunk.set_defaults(handler=_cmd_chunk)
 
     b = sub.add_parser("build", help="build an image from a rootfs directory or an existing image")
-    b.add_argument("source", metavar="SOURCE", help="DIR, oci:DIR[:TAG] or oci-archive:FILE[:TAG]")
+    b.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="DIR, oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker://REF",
+    )
     b.add_argument(
         "-o",
         "--output",
         required=True,
         metavar="DEST",
-        help="oci:DIR[:TAG] or oci-archive:FILE[:TAG]",
+        help="oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker://REF (pushed)",
     )
     b.add_argument("--tag", help="tag to record in index.json (overrides DEST's :TAG)")
     b.add_argument(
@@ -272,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="attach a CycloneDX SBOM to the image (an OCI referrer, see docs/sbom.md)",
     )
+    _add_registry_options(b)
     b.add_argument("--json", action="store_true", help="one JSON document on stdout")
     b.add_argument("-q", "--quiet", action="store_true")
     b.set_defaults(handler=_cmd_build)
