@@ -276,6 +276,7 @@ _TYPES = {
     "hardlink": TYPE_HARDLINK,
 }
 _ZERO_DIGESTS: dict[int, bytes] = {}
+_EMPTY_SHA256 = hashlib.sha256(b"").digest()
 
 
 def _zeros_sha256(n: int) -> bytes:
@@ -609,7 +610,8 @@ def _build_toc(items: list[_Item], diff_id: bytes, data_end: int) -> tuple[Toc, 
             first_chunk=first_chunk if it.chunks else 0,
             n_chunks=len(it.chunks),
             payload_uoff=payload_uoff,
-            sha256=it.sha256 or bytes(32),
+            # As our writer does: sha256 of b"" for an empty file, zeros for no content.
+            sha256=it.sha256 or (_EMPTY_SHA256 if it.type_code == TYPE_FILE else bytes(32)),
         )
     return builder.finish(uoff, diff_id), np.array(zeros, dtype=np.bool_)
 
