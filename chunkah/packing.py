@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 
 from chunkah.errors import InputError
 from chunkah.owners import Ownership
-from chunkah.tree import Entry, Tree
+from chunkah.tree import Entry, EntryType, Tree
 from chunkah.tree.model import parent_of
 
 UNCLAIMED = "chunkah/unclaimed"
@@ -271,19 +271,51 @@ def clamp_for(ownership: Ownership, source_date_epoch: int | None) -> dict[str, 
     return out
 
 
+# Directories holding more than one component's entries (usr/, usr/bin/, ...) appear
+# in many layers; their mtime must not follow any one package, or a single package
+# update would change every layer that carries them.  Like OSTree, they get 0.
+SHARED_DIR_MTIME = 0
+
+
+def entry_clamps(
+    tree: Tree, ownership: Ownership, source_date_epoch: int | None
+) -> dict[bytes, int | None]:
+    """The mtime clamp of every path: its component's clamp, or SHARED_DIR_MTIME for
+    a directory whose subtree holds entries of several components."""
+    clamps = clamp_for(ownership, source_date_epoch)
+    below: dict[bytes, set[str]] = {}
+    for path in tree.paths():
+        name = ownership.component_of(path).name
+        p = path
+        while p:
+            p = parent_of(p)
+            seen = below.setdefault(p, set())
+            if name in seen:
+                break  # every ancestor above already has it
+            seen.add(name)
+    out: dict[bytes, int | None] = {}
+    for entry in tree:
+        owner = ownership.component_of(entry.path).name
+        if entry.type is EntryType.DIR and len(below.get(entry.path, set()) | {owner}) > 1:
+            out[entry.path] = SHARED_DIR_MTIME
+        else:
+            out[entry.path] = clamps.get(owner)
+    return out
+
+
 def layer_trees(
     plan: LayerPlan, tree: Tree, ownership: Ownership, *, source_date_epoch: int | None
 ) -> list[LayerTree]:
     """One tree per planned layer.
 
-    An entry's mtime is clamped by the clamp of the component that owns *it*, in
-    whatever layer it appears, so a directory shared by several layers carries the
-    same metadata in each, and the unpacked image has one mtime per path.
+    Each entry's mtime is clamped by :func:`entry_clamps`, whatever layer it appears
+    in, so a directory shared by several layers carries the same metadata in each,
+    and the unpacked image has one mtime per path.
     """
-    clamps = clamp_for(ownership, source_date_epoch)
+    clamps = entry_clamps(tree, ownership, source_date_epoch)
 
     def clamped(entry: Entry) -> Entry:
-        limit = clamps.get(ownership.component_of(entry.path).name)
+        limit = clamps.get(entry.path)
         if limit is None or entry.mtime <= limit:
             return entry
         return replace(entry, mtime=limit)

@@ -20,8 +20,8 @@ from chunkah.packing import (
     UNCLAIMED,
     ComponentInfo,
     PreviousLayer,
-    clamp_for,
     component_infos,
+    entry_clamps,
     fnv1a64,
     layer_trees,
     plan_history,
@@ -164,7 +164,7 @@ def test_layer_trees_cover_the_tree_with_consistent_parents(debian_tiny_rootfs) 
     ownership = assign_components(tree, build_epoch=EPOCH)
     plan = plan_stateless(component_infos(ownership), 8)  # force bins on a 30-package tree
     layers = layer_trees(plan, tree, ownership, source_date_epoch=EPOCH)
-    clamps = clamp_for(ownership, EPOCH)
+    clamps = entry_clamps(tree, ownership, EPOCH)
     union: dict[bytes, object] = {}
     for lt in layers:
         for entry in lt.tree:
@@ -176,7 +176,7 @@ def test_layer_trees_cover_the_tree_with_consistent_parents(debian_tiny_rootfs) 
             if entry.path in union:
                 assert union[entry.path] == entry, f"{entry.path!r} differs between layers"
             union[entry.path] = entry
-            limit = clamps[ownership.component_of(entry.path).name]
+            limit = clamps[entry.path]
             assert entry.mtime == min(tree[entry.path].mtime, limit)
         groups = lt.tree.hardlink_groups()
         for members in groups.values():
@@ -255,3 +255,21 @@ def test_components_listed_in_layer_annotations(tmp_path) -> None:
     # Big files are components of their own; history entries: one per layer.
     assert any(name.startswith("bigfile/") for name in names)
     assert len(info["history"]) == len(info["layers"])
+
+
+def test_shared_directories_do_not_follow_any_package(debian_tiny_rootfs) -> None:
+    """usr/bin holds files of many packages: its mtime must not move when one of
+    them is updated, or every layer carrying usr/bin would change."""
+    tree = read_dir(debian_tiny_rootfs.path)
+    ownership = assign_components(tree, build_epoch=EPOCH)
+    clamps = entry_clamps(tree, ownership, EPOCH)
+    assert clamps[b"usr/bin"] == 0 and clamps[b"usr"] == 0 and clamps[b""] == 0
+    # A directory only one package fills keeps that package's clamp.
+    single = [
+        p for p in tree.paths() if tree[p].type is EntryType.DIR and clamps[p] not in (0, None)
+    ]
+    assert single
+    for p in single[:20]:
+        owner = ownership.component_of(p).name
+        kids = [q for q in tree.paths() if q.startswith(p + b"/")]
+        assert {ownership.component_of(q).name for q in kids} <= {owner}

@@ -1,11 +1,11 @@
-"""Expected mtimes of a packed image: each path clamped by its component's clamp."""
+"""Expected mtimes of a packed image: each path clamped per chunkah.packing.entry_clamps."""
 
 from __future__ import annotations
 
 import os
 
 from chunkah.owners import assign_components
-from chunkah.packing import clamp_for
+from chunkah.packing import entry_clamps
 from chunkah.tree import read_dir
 
 
@@ -13,5 +13,4 @@ def expected_clamps(root: str | os.PathLike[str], epoch: int) -> dict[bytes, int
     """Relative path (b"." for the root, as diff_trees names it) -> clamp."""
     tree = read_dir(root)
     ownership = assign_components(tree, build_epoch=epoch)
-    clamps = clamp_for(ownership, epoch)
-    return {(p or b"."): clamps[ownership.component_of(p).name] for p in tree.paths()}
+    return {(p or b"."): c for p, c in entry_clamps(tree, ownership, epoch).items()}
