@@ -563,7 +563,7 @@ def _resolve_hardlinks(items: list[_Item]) -> None:
                 m.type_code, m.size, m.sha256, m.chunks, m.link = TYPE_FILE, size, sha, chunks, b""
             else:
                 m.type_code, m.size, m.sha256, m.chunks, m.link = (
-                    TYPE_HARDLINK, size, None, [], first.path,
+                    TYPE_HARDLINK, size, sha, [], first.path,
                 )  # fmt: skip
 
 
@@ -610,8 +610,10 @@ def _build_toc(items: list[_Item], diff_id: bytes, data_end: int) -> tuple[Toc, 
             first_chunk=first_chunk if it.chunks else 0,
             n_chunks=len(it.chunks),
             payload_uoff=payload_uoff,
-            # As our writer does: sha256 of b"" for an empty file, zeros for no content.
-            sha256=it.sha256 or (_EMPTY_SHA256 if it.type_code == TYPE_FILE else bytes(32)),
+            # As our writer does: a hardlink carries its file's digest, an empty file
+            # the sha256 of b"", entries without content zeros.
+            sha256=it.sha256
+            or (_EMPTY_SHA256 if it.type_code in (TYPE_FILE, TYPE_HARDLINK) else bytes(32)),
         )
     return builder.finish(uoff, diff_id), np.array(zeros, dtype=np.bool_)
 
