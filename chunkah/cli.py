@@ -186,6 +186,151 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} GB"
+
+
+def _update_options(args: argparse.Namespace) -> Any:
+    from chunkah.host.update import UpdateOptions
+
+    return UpdateOptions(
+        plain_http=args.plain_http,
+        tls_verify=args.tls_verify,
+        verify_diff_ids=not args.no_verify_diff_ids,
+    )
+
+
+def _render_plan(summary: dict[str, Any]) -> None:
+    files = summary.get("files", {})
+    print(
+        f"  files: {files.get('link', 0)} hardlinked, {files.get('copy', 0)} copied locally, "
+        f"{files.get('build', 0)} assembled from chunks, {files.get('empty', 0)} empty"
+    )
+    chunks = summary.get("chunks", {})
+    chunk_bytes = summary.get("chunk_bytes", {})
+    for source in ("cache", "local", "fetch"):
+        if chunks.get(source):
+            print(
+                f"  chunks from {source}: {chunks[source]} ({_human(chunk_bytes.get(source, 0))} uncompressed)"
+            )
+    print(
+        f"  to download: {_human(summary['expected_bytes'])} "
+        f"(TOCs {_human(summary['toc_bytes'])}, {summary['ranges']} ranges {_human(summary['fetch_bytes'])}, "
+        f"whole layers {_human(summary['whole_layer_bytes'])}); a full pull is {_human(summary['full_pull_bytes'])}"
+    )
+    changed = [row for row in summary.get("layers", []) if not row.get("unchanged")]
+    for row in changed:
+        comps = ", ".join(row.get("components") or []) or row["digest"][:19]
+        print(f"    {comps}: {_human(row.get('fetch_bytes', 0) + row.get('toc_bytes', 0))}")
+
+
+def _open_host_store(path: str, *, create: bool) -> Any:
+    from chunkah.host.store import HostStore
+    from chunkah.host.sysroot import Sysroot
+
+    sysroot = Sysroot.init(path) if create else Sysroot.open(path)
+    return HostStore(sysroot)
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from chunkah.host.update import run_plan
+
+    store = _open_host_store(args.sysroot, create=True)
+    with store.sysroot.lock(wait=args.wait):
+        result = run_plan(args.ref, store, _update_options(args))
+
+    def render() -> None:
+        state = " (already deployed)" if result.unchanged else ""
+        print(f"{args.ref} -> {result.digest}{state}")
+        _render_plan(result.plan)
+
+    _emit(args, result.to_json(), render)
+    return 0
+
+
+def _cmd_update(args: argparse.Namespace) -> int:
+    from chunkah.host.update import run_update
+
+    store = _open_host_store(args.sysroot, create=True)
+    bar = None
+    progress = None
+    if not args.json and not args.quiet and sys.stderr.isatty():
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        bar = Progress(
+            "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+            TransferSpeedColumn(), TimeRemainingColumn(), transient=True,
+        )  # fmt: skip
+        task = bar.add_task("fetching", total=None)
+
+        def progress(_phase: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total or None)
+
+    with store.sysroot.lock(wait=args.wait):
+        if bar is not None:
+            with bar:
+                result = run_update(args.ref, store, _update_options(args), progress=progress)
+        else:
+            result = run_update(args.ref, store, _update_options(args))
+
+    def render() -> None:
+        if result.unchanged:
+            print(
+                f"{args.ref} ({result.digest}) is already deployed; nothing fetched beyond the manifest and TOCs"
+            )
+            return
+        print(f"deployed {result.deployed}: {args.ref} ({result.digest})")
+        _render_plan(result.plan)
+        print(
+            f"  fetched {_human(result.fetched_bytes)} in {result.requests} requests, "
+            f"{result.seconds:.2f} s"
+        )
+
+    _emit(args, result.to_json(), render)
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from chunkah.host.deploy import rollback
+    from chunkah.host.sysroot import Sysroot
+
+    sysroot = Sysroot.open(args.sysroot)
+    dep = rollback(sysroot, wait=args.wait)
+    _emit(args, dep.to_json(), lambda: print(f"rolled back: current is {dep.id} ({dep.image_ref})"))
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from chunkah.host.sysroot import Sysroot, status
+
+    info = status(Sysroot.open(args.sysroot))
+
+    def render() -> None:
+        for key in ("current", "previous"):
+            dep = info.get(key)
+            if dep:
+                print(f"{key}: {dep.get('id')} {dep.get('image_ref')} {dep.get('manifest_digest')}")
+            else:
+                print(f"{key}: none")
+        for c in info.get("etc_conflicts", []) or []:
+            print(f"/etc conflict: {c}")
+        if info.get("update_running") or info.get("lock"):
+            print(f"update running: {info.get('lock') or info.get('update_running')}")
+
+    _emit(args, info, render)
+    return 0
+
+
 def _tls_flag(value: str) -> bool:
     if value.lower() in ("true", "1", "yes"):
         return True
@@ -316,6 +461,46 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--listen", default="127.0.0.1:5000", metavar="HOST:PORT")
     sv.add_argument("-q", "--quiet", action="store_true", help="no access log")
     sv.set_defaults(handler=_cmd_serve)
+
+    for name, handler, text in (
+        (
+            "plan",
+            _cmd_plan,
+            "show what updating to REF would fetch, per layer, without fetching it",
+        ),
+        ("update", _cmd_update, "fetch what is missing of REF, verify it and deploy it atomically"),
+    ):
+        hp = sub.add_parser(name, help=text)
+        hp.add_argument("ref", metavar="REF", help="docker://HOST/REPO[:TAG|@DIGEST]")
+        hp.add_argument(
+            "--sysroot",
+            required=True,
+            metavar="DIR",
+            help="the host's sysroot (created if missing)",
+        )
+        hp.add_argument(
+            "--wait",
+            type=float,
+            metavar="SECONDS",
+            help="wait this long for another update to finish",
+        )
+        hp.add_argument(
+            "--no-verify-diff-ids", action="store_true",
+            help="skip regenerating each changed layer's tar to check its diff_id (saves one read)",
+        )  # fmt: skip
+        _add_registry_options(hp)
+        hp.add_argument("--json", action="store_true", help="one JSON document on stdout")
+        hp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+        hp.set_defaults(handler=handler)
+    rb = sub.add_parser("rollback", help="switch back to the previous deployment")
+    rb.add_argument("--sysroot", required=True, metavar="DIR")
+    rb.add_argument("--wait", type=float, metavar="SECONDS")
+    rb.add_argument("--json", action="store_true")
+    rb.set_defaults(handler=_cmd_rollback)
+    st = sub.add_parser("status", help="current and previous deployments, /etc conflicts, disk use")
+    st.add_argument("--sysroot", required=True, metavar="DIR")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(handler=_cmd_status)
 
     sb = sub.add_parser("sbom", help="write a CycloneDX SBOM of a rootfs or an image")
     sb.add_argument("source", metavar="SOURCE", help="DIR, oci:DIR[:TAG] or oci-archive:FILE[:TAG]")

@@ -155,7 +155,7 @@ def test_update_reuses_local_files_chunks_and_cache():
             f(b"fresh", [b"N1", b"N2"], frames=[6, 7]),
         ],
     )
-    inv = inventory_from_indexes([old], cached=[sha(b"N1")])
+    inv = inventory_from_indexes([old], cached=frozenset([sha(b"N1")]))
     plan = plan_update([new], inv)
     by_path = {s.entry.path: s for s in plan.files}
     assert by_path[b"same"].action == "link" and by_path[b"same"].local == b"same"

@@ -44,6 +44,7 @@ from chunkah.tree.model import keep_xattr
 __all__ = [
     "CRASH_ENV",
     "GcReport",
+    "apply_dir_metadata",
     "chunkah_toc_chunks",
     "collect_garbage",
     "commit_deployment",

@@ -8,7 +8,7 @@ ranges, and how many bytes that costs.  The fetcher and assembler only execute i
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +51,7 @@ class Inventory:
 
     files: dict[bytes, IndexEntry] = field(default_factory=dict)  # sha256 -> a local file
     chunks: dict[bytes, LocalChunk] = field(default_factory=dict)
-    cached: frozenset[bytes] = frozenset()
+    cached: Container[bytes] = frozenset()
     layers: frozenset[str] = frozenset()  # layer digests of the current image
 
     @property
@@ -192,7 +192,7 @@ def flatten(indexes: Sequence[LayerIndex]) -> dict[bytes, tuple[int, IndexEntry]
 
 
 def inventory_from_indexes(
-    current: Sequence[LayerIndex], cached: Iterable[bytes] = ()
+    current: Sequence[LayerIndex], cached: Container[bytes] = frozenset()
 ) -> Inventory:
     """The inventory of a deployment made from ``current`` (its content is trusted:
     deployments are immutable and were verified when they were made)."""
@@ -206,7 +206,7 @@ def inventory_from_indexes(
         for c in entry.chunks:
             chunks.setdefault(c.sha256, LocalChunk(entry.path, offset, c.size))
             offset += c.size
-    return Inventory(files, chunks, frozenset(cached), frozenset(ix.digest for ix in current))
+    return Inventory(files, chunks, cached, frozenset(ix.digest for ix in current))
 
 
 def _coalesce(layer: int, frames: list[tuple[int, int, int]], merge_gap: int) -> list[FetchRange]:

@@ -1,0 +1,371 @@
+"""`chunkah plan` and `chunkah update`: the host side of the pipeline, end to end.
+
+registry -> manifest + TOCs -> plan (pure) -> fetch (verified chunks into the cache)
+-> assemble (staging) -> diff_id check -> atomic deploy.  Everything before the
+deploy only writes into the staging area and the content-addressed cache, so an
+interrupted update leaves the current deployment untouched and a re-run fetches
+only the chunks that are still missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import os
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chunkah import oci
+from chunkah.compression import open_decompressed
+from chunkah.errors import InputError, VerificationError
+from chunkah.format.toc import TocError, decode_toc_frame
+from chunkah.format.writer import ANNOTATION_TOC_DIGEST, ANNOTATION_TOC_POSITION
+from chunkah.host.assemble import assemble, verify_diff_ids
+from chunkah.host.fetch import FetchStats, fetch_plan
+from chunkah.host.index import ChunkRef, IndexEntry, LayerIndex, index_from_toc
+from chunkah.host.plan import Inventory, UpdatePlan, inventory_from_indexes, plan_update
+from chunkah.host.store import HostStore
+from chunkah.packing import ANNOTATION_COMPONENTS
+from chunkah.registry.client import RegistryClient, RemoteImage
+from chunkah.registry.fetcher import RangeFetcher
+from chunkah.registry.reference import RegistryReference, parse_registry_reference
+from chunkah.tree.model import normalize_path
+
+__all__ = ["UpdateOptions", "UpdateResult", "run_plan", "run_update"]
+
+MAX_TOC_FRAME = 256 << 20
+
+
+@dataclass(frozen=True)
+class UpdateOptions:
+    plain_http: bool = False
+    tls_verify: bool = True
+    verify_diff_ids: bool = True
+    fsync: bool = True
+    merge_gap: int = 4096
+
+
+@dataclass
+class UpdateResult:
+    reference: str
+    digest: str
+    plan: dict[str, Any]
+    fetched_bytes: int = 0
+    requests: int = 0
+    deployed: str | None = None
+    seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+    unchanged: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "reference": self.reference,
+            "digest": self.digest,
+            "unchanged": self.unchanged,
+            "deployment": self.deployed,
+            "fetched_bytes": self.fetched_bytes,
+            "requests": self.requests,
+            "seconds": round(self.seconds, 3),
+            "phases": {k: round(v, 3) for k, v in self.phases.items()},
+            "plan": self.plan,
+        }
+
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+def _components(desc: oci.Descriptor) -> tuple[str, ...]:
+    raw = desc.annotations.get(ANNOTATION_COMPONENTS)
+    if not raw:
+        return ()
+    try:
+        return tuple(sorted(json.loads(raw)))
+    except (ValueError, TypeError):
+        return ()
+
+
+def _toc_position(desc: oci.Descriptor) -> tuple[int, int, int, str] | None:
+    pos = desc.annotations.get(ANNOTATION_TOC_POSITION)
+    digest = desc.annotations.get(ANNOTATION_TOC_DIGEST)
+    if pos is None or digest is None:
+        return None
+    try:
+        offset, length, body = (int(x) for x in pos.split(":"))
+    except ValueError:
+        raise TocError(
+            f"layer {desc.digest}: malformed {ANNOTATION_TOC_POSITION} {pos!r}"
+        ) from None
+    if offset < 0 or length <= 8 or length > MAX_TOC_FRAME or offset + length != desc.size:
+        raise TocError(
+            f"layer {desc.digest}: TOC position {pos!r} does not fit a {desc.size}-byte blob"
+        )
+    return offset, length, body, digest
+
+
+async def _layer_index(
+    client: RegistryClient,
+    ref: RegistryReference,
+    desc: oci.Descriptor,
+    diff_id: str,
+    store: HostStore,
+) -> LayerIndex:
+    """The index of one target layer: from the TOC cache, a fetched TOC, or 'whole'."""
+    cached = store.load_index(desc.digest)
+    if cached is not None:
+        return cached
+    components = _components(desc)
+    position = _toc_position(desc)
+    if position is None:
+        return LayerIndex(
+            desc.digest, diff_id, desc.size, desc.media_type, "whole", [], components=components
+        )
+    offset, length, body_size, toc_digest = position
+    frame = store.stored_toc(toc_digest)
+    fetched = 0
+    if frame is None:
+        async with RangeFetcher(client, ref, desc.digest, desc.size) as fetcher:
+            (frame,) = await fetcher.fetch_all([(offset, length)])
+        fetched = length
+    toc = decode_toc_frame(
+        frame, expected_digest=toc_digest, body_size=body_size, toc_offset=offset
+    )
+    if toc.diff_id_digest != diff_id:
+        raise VerificationError(
+            f"layer {desc.digest}: its TOC describes a tar with diff_id {toc.diff_id_digest}, "
+            f"the config says {diff_id}"
+        )
+    if toc.compressed_size() > offset:
+        raise TocError(f"layer {desc.digest}: TOC frames run past the TOC")
+    store.save_toc(desc.digest, frame, body_size)
+    return index_from_toc(
+        toc, digest=desc.digest, diff_id=diff_id, blob_size=desc.size, media_type=desc.media_type,
+        toc_bytes=fetched, components=components,
+    )  # fmt: skip
+
+
+def _list_whole_layer(
+    blob: Path, desc: oci.Descriptor, diff_id: str, store: HostStore
+) -> LayerIndex:
+    """Read a downloaded (digest-verified) plain layer: entries + file contents into the cache."""
+    entries: list[IndexEntry] = []
+    hasher = hashlib.sha256()
+
+    class _Hashing(io.RawIOBase):
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, b: Any) -> int:
+            n = int(self.inner.readinto(b))
+            hasher.update(memoryview(b)[:n])
+            return n
+
+    with blob.open("rb") as raw:
+        plain = open_decompressed(raw, desc.media_type)
+        stream = io.BufferedReader(_Hashing(plain), 1 << 20)
+        try:
+            tf = tarfile.open(fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+        except tarfile.TarError as exc:
+            raise InputError(f"layer {desc.digest}: not a tar stream ({exc})") from None
+        with tf:
+            for ti in tf:
+                path = normalize_path(os.fsencode(ti.name))
+                if b".." in path.split(b"/"):
+                    raise VerificationError(
+                        f"layer {desc.digest}: entry {ti.name!r} escapes the tree"
+                    )
+                xattrs = tuple(
+                    sorted(
+                        (k[len("SCHILY.xattr.") :], v.encode("utf-8", "surrogateescape"))
+                        for k, v in ti.pax_headers.items()
+                        if k.startswith("SCHILY.xattr.")
+                    )
+                )
+                common: dict[str, Any] = {
+                    "path": path, "mode": ti.mode, "uid": ti.uid, "gid": ti.gid, "mtime": int(ti.mtime),
+                    "xattrs": xattrs,
+                }  # fmt: skip
+                if ti.isreg():
+                    f = tf.extractfile(ti)
+                    assert f is not None
+                    digest, size = store.put_stream(f, ti.size)
+                    chunk = (ChunkRef(digest, size, -1),) if size else ()
+                    entries.append(
+                        IndexEntry(type="file", size=size, sha256=digest, chunks=chunk, **common)
+                    )
+                elif ti.islnk():
+                    target = normalize_path(os.fsencode(ti.linkname))
+                    entries.append(IndexEntry(type="hardlink", size=0, link=target, **common))
+                elif ti.isdir():
+                    entries.append(IndexEntry(type="dir", size=0, **common))
+                elif ti.issym():
+                    entries.append(
+                        IndexEntry(type="symlink", size=0, link=os.fsencode(ti.linkname), **common)
+                    )
+                elif ti.ischr() or ti.isblk():
+                    kind = "char" if ti.ischr() else "block"
+                    entries.append(
+                        IndexEntry(type=kind, size=0, rdev=(ti.devmajor, ti.devminor), **common)
+                    )
+                elif ti.isfifo():
+                    entries.append(IndexEntry(type="fifo", size=0, **common))
+        while stream.read(1 << 20):
+            pass
+    if "sha256:" + hasher.hexdigest() != diff_id:
+        raise VerificationError(
+            f"layer {desc.digest}: uncompressed content does not match diff_id {diff_id}"
+        )
+    index = LayerIndex(
+        desc.digest, diff_id, desc.size, desc.media_type, "whole", entries, toc_bytes=0
+    )
+    store.save_listing(desc.digest, index)
+    return index
+
+
+async def _prepare(
+    client: RegistryClient, ref: RegistryReference, store: HostStore
+) -> tuple[RemoteImage, list[LayerIndex]]:
+    image = await client.resolve(ref)
+    if image.config is None:
+        raise InputError(f"{ref}: is an artifact, not a container image")
+    diff_ids = image.config.diff_ids
+    indexes = await asyncio.gather(
+        *(
+            _layer_index(client, image.reference, desc, diff_ids[i], store)
+            for i, desc in enumerate(image.manifest.layers)
+        )
+    )
+    return image, list(indexes)
+
+
+def _current_inventory(store: HostStore) -> tuple[Inventory, Path | None]:
+    current = store.current_indexes()
+    if current is None:
+        return Inventory(cached=store.cached_set()), None
+    indexes, root = current
+    return inventory_from_indexes(indexes, cached=store.cached_set()), root
+
+
+async def _plan(
+    ref_text: str, store: HostStore, options: UpdateOptions, *, download_whole: bool
+) -> tuple[RegistryClient, RemoteImage, list[LayerIndex], UpdatePlan, Path | None]:
+    ref = parse_registry_reference(ref_text)
+    client = RegistryClient(plain_http=options.plain_http, tls_verify=options.tls_verify)
+    await client.__aenter__()
+    try:
+        image, indexes = await _prepare(client, ref, store)
+        inventory, current_root = _current_inventory(store)
+        if download_whole:
+            for i, ix in enumerate(indexes):
+                if ix.kind == "whole" and not ix.entries and ix.digest not in inventory.layers:
+                    desc = image.manifest.layers[i]
+                    with tempfile.NamedTemporaryFile(
+                        dir=store.staging_root, prefix=".layer-"
+                    ) as tmp:
+                        await client.download_blob(
+                            image.reference, desc.digest, tmp, size=desc.size
+                        )
+                        tmp.flush()
+                        indexes[i] = _list_whole_layer(Path(tmp.name), desc, ix.diff_id, store)
+            inventory, current_root = _current_inventory(store)
+        plan = plan_update(indexes, inventory, merge_gap=options.merge_gap)
+        return client, image, indexes, plan, current_root
+    except BaseException:
+        await client.__aexit__(None, None, None)
+        raise
+
+
+def run_plan(ref_text: str, store: HostStore, options: UpdateOptions) -> UpdateResult:
+    """What an update would do and cost, without downloading any content."""
+
+    async def go() -> UpdateResult:
+        client, image, indexes, plan, _root = await _plan(
+            ref_text, store, options, download_whole=False
+        )
+        try:
+            summary = plan.summary(indexes)
+            return UpdateResult(
+                ref_text, image.digest, summary, requests=client.stats.requests,
+                fetched_bytes=client.stats.bytes_received,
+                unchanged=store.current_digest() == image.digest,
+            )  # fmt: skip
+        finally:
+            await client.__aexit__(None, None, None)
+
+    return asyncio.run(go())
+
+
+def run_update(
+    ref_text: str, store: HostStore, options: UpdateOptions, *, progress: Progress | None = None
+) -> UpdateResult:
+    """Fetch, verify, assemble and deploy ``ref_text`` on the sysroot behind ``store``."""
+    started = time.perf_counter()
+    phases: dict[str, float] = {}
+
+    async def go() -> UpdateResult:
+        t = time.perf_counter()
+        client, image, indexes, plan, current_root = await _plan(
+            ref_text, store, options, download_whole=True
+        )
+        phases["plan"] = time.perf_counter() - t
+        try:
+            summary = plan.summary(indexes)
+            result = UpdateResult(ref_text, image.digest, summary)
+            if store.current_digest() == image.digest:
+                result.unchanged = True
+                return result
+            t = time.perf_counter()
+            total = plan.fetch_bytes
+
+            def on_fetch(nbytes: int, _chunks: int, done: list[int] = [0]) -> None:  # noqa: B006
+                done[0] += nbytes
+                if progress is not None:
+                    progress("fetch", done[0], total)
+
+            stats: FetchStats = await fetch_plan(
+                client, image.reference, indexes, plan, store, progress=on_fetch,
+                spool_dir=str(store.staging_root),
+            )  # fmt: skip
+            phases["fetch"] = time.perf_counter() - t
+            result.fetched_bytes = client.stats.bytes_received
+            result.requests = client.stats.requests
+            summary["fetched_chunks"] = stats.chunks
+        finally:
+            await client.__aexit__(None, None, None)
+        t = time.perf_counter()
+        with store.stage() as staging:
+            assemble(plan, staging, current=current_root, read_chunk=store.read, fsync=options.fsync,
+                     link=store.link)  # fmt: skip
+            phases["assemble"] = time.perf_counter() - t
+            if options.verify_diff_ids:
+                t = time.perf_counter()
+                changed = [i for i in range(len(indexes)) if i not in plan.unchanged_layers]
+                summary["diff_id_bytes"] = verify_diff_ids(indexes, staging, changed)
+                phases["verify"] = time.perf_counter() - t
+            t = time.perf_counter()
+            assert image.config is not None
+            result.deployed = store.deploy(
+                staging,
+                reference=ref_text,
+                manifest_digest=image.digest,
+                config_digest=image.manifest.config.digest,
+                layers=[(d.digest, image.config.diff_ids[i], d.media_type, d.size)
+                        for i, d in enumerate(image.manifest.layers)],
+                extra={"fetched_bytes": result.fetched_bytes, "requests": result.requests},
+            )  # fmt: skip
+            phases["deploy"] = time.perf_counter() - t
+        return result
+
+    result = asyncio.run(go())
+    result.seconds = time.perf_counter() - started
+    result.phases = phases
+    return result
