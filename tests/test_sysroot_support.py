@@ -14,7 +14,13 @@ import stat
 import sys
 from pathlib import Path
 
-from chunkah.host.deploy import collect_garbage, commit_deployment, copy_tree, link_or_copy
+from chunkah.host.deploy import (
+    apply_dir_metadata,
+    collect_garbage,
+    commit_deployment,
+    copy_entry,
+    link_or_copy,
+)
 from chunkah.host.sysroot import Deployment, DeploymentMetadata, Sysroot
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -47,32 +53,34 @@ def stage_tree(sysroot: Sysroot, src: Path, *, share: bool = True) -> Path:
     """Copy ``src`` into a staging directory the way an assembler would.
 
     With ``share``, regular files equal (content and metadata) to the current
-    deployment's are hardlinked from it with ``link_or_copy``.
+    deployment's are hardlinked from it with ``link_or_copy`` instead of copied.
     """
-    current = sysroot.current()
+    current = sysroot.current() if share else None
     with sysroot.stage() as staged:
-        os.rmdir(staged)
-        copy_tree(src, staged, sync=False)
-        if share and current is not None:
-            for dirpath, _dirs, files in os.walk(staged):
-                for name in files:
-                    path = Path(dirpath, name)
-                    rel = path.relative_to(staged)
-                    old = current.root / rel
-                    st = os.lstat(path)
-                    if not stat.S_ISREG(st.st_mode):
-                        continue
+        dirs = [(os.fsencode(src), os.fsencode(staged), os.lstat(src))]
+        for dirpath, dirnames, files in os.walk(src):
+            rel_dir = Path(dirpath).relative_to(src)
+            for name in dirnames + files:
+                s = Path(dirpath, name)
+                d = staged / rel_dir / name
+                st = os.lstat(s)
+                if stat.S_ISDIR(st.st_mode):
+                    os.mkdir(d, 0o700)
+                    dirs.append((os.fsencode(s), os.fsencode(d), st))
+                    continue
+                if current is not None and stat.S_ISREG(st.st_mode):
+                    old = current.root / rel_dir / name
                     try:
                         ost = os.lstat(old)
                     except FileNotFoundError:
+                        ost = None
+                    same = ost is not None and stat.S_ISREG(ost.st_mode) and _same_meta(st, ost)
+                    if same and old.read_bytes() == s.read_bytes():
+                        link_or_copy(old, d)
                         continue
-                    same = stat.S_ISREG(ost.st_mode) and _same_meta(st, ost)
-                    if same and old.read_bytes() == path.read_bytes():
-                        path.unlink()
-                        link_or_copy(old, path)
-            for dirpath, _dirs, _files in os.walk(staged):  # unlink/link touched them
-                st = os.lstat(src / Path(dirpath).relative_to(staged))
-                os.utime(dirpath, ns=(st.st_mtime_ns, st.st_mtime_ns))
+                copy_entry(os.fsencode(s), os.fsencode(d), st)
+        for bs, bd, st in reversed(dirs):
+            apply_dir_metadata(bs, bd, st)
     return staged
 
 
