@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -11,12 +12,20 @@ import time
 from pathlib import Path
 
 import pytest
+from support.handmade import HandmadeTree
 from support.treediff import assert_trees_equal, diff_trees
 from test_sysroot_support import deploy, example_tree, metadata, stage_tree
 
 from chunkah.errors import StateError, VerificationError
 from chunkah.format.toc import CdcSettings, TocBuilder, encode_toc_frame
-from chunkah.host.deploy import collect_garbage, commit_deployment, rollback
+from chunkah.host.deploy import (
+    collect_garbage,
+    commit_deployment,
+    copy_tree,
+    fsync_tree,
+    link_or_copy,
+    rollback,
+)
 from chunkah.host.sysroot import LayerRecord, Sysroot, status
 
 SUPPORT = Path(__file__).with_name("test_sysroot_support.py")
@@ -352,3 +361,50 @@ def test_status_reports_deployments_and_disk_use(
     assert size_v1 <= disk["deployments"] < 1.6 * size_v1
     assert disk["staging"] == 0
     assert disk["total"] == sum(v for k, v in disk.items() if k != "total")
+
+
+# --- copy helpers ---------------------------------------------------------------------------
+
+
+def test_copy_tree_keeps_every_entry_type(handmade_tree: HandmadeTree, tmp_path: Path) -> None:
+    copy_tree(handmade_tree.root, tmp_path / "copy")
+    assert_trees_equal(handmade_tree.root, tmp_path / "copy")
+
+
+def test_a_handmade_tree_deploys_exactly(
+    sysroot: Sysroot, handmade_tree: HandmadeTree, images: tuple[Path, Path]
+) -> None:
+    deploy(sysroot, images[0], "v1")
+    with sysroot.lock():
+        staged = stage_tree(sysroot, handmade_tree.root)
+        fsync_tree(staged)
+        commit_deployment(sysroot, staged, metadata("handmade"), files_synced=True)
+    assert_trees_equal(handmade_tree.root, current_tree(sysroot))
+    assert sysroot.previous() is not None
+
+
+def test_link_or_copy_falls_back_to_a_full_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(b"content")
+    src.chmod(0o4750)
+    os.chown(src, 1234, 5678)
+    os.setxattr(src, "user.component", b"pkg")
+    os.utime(src, (1_600_000_000, 1_600_000_000))
+    assert link_or_copy(src, tmp_path / "linked") is True
+    assert os.stat(tmp_path / "linked").st_ino == os.stat(src).st_ino
+
+    def no_link(*args: object, **kw: object) -> None:
+        raise OSError(errno.EXDEV, "cross-device link")
+
+    monkeypatch.setattr(os, "link", no_link)
+    assert link_or_copy(src, tmp_path / "copied") is False
+    assert os.stat(tmp_path / "copied").st_ino != os.stat(src).st_ino
+    monkeypatch.undo()
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    os.rename(tmp_path / "copied", b / "f")
+    os.link(src, a / "f")
+    assert_trees_equal(a, b, ignore=["."])

@@ -58,6 +58,7 @@ def stage_tree(sysroot: Sysroot, src: Path, *, share: bool = True) -> Path:
     current = sysroot.current() if share else None
     with sysroot.stage() as staged:
         dirs = [(os.fsencode(src), os.fsencode(staged), os.lstat(src))]
+        groups: dict[tuple[int, int], Path] = {}
         for dirpath, dirnames, files in os.walk(src):
             rel_dir = Path(dirpath).relative_to(src)
             for name in dirnames + files:
@@ -68,6 +69,12 @@ def stage_tree(sysroot: Sysroot, src: Path, *, share: bool = True) -> Path:
                     os.mkdir(d, 0o700)
                     dirs.append((os.fsencode(s), os.fsencode(d), st))
                     continue
+                if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:  # keep hardlink groups
+                    key = (st.st_dev, st.st_ino)
+                    if key in groups:
+                        os.link(groups[key], d)
+                        continue
+                    groups[key] = d
                 if current is not None and stat.S_ISREG(st.st_mode):
                     old = current.root / rel_dir / name
                     try:

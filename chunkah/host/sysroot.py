@@ -519,8 +519,12 @@ class Sysroot:
     def recover(self) -> None:
         """Finish or drop what a crashed run left (needs the lock; done by ``lock``)."""
         self.require_lock("recovering the sysroot")
-        self.finish_switch()
-        self.clean_staging()
+        # Best effort: on a full disk, cleaning frees space and an unfinished journal is
+        # still read correctly; refusing the lock here would block the gc that helps.
+        with contextlib.suppress(OSError):
+            self.clean_staging()
+        with contextlib.suppress(OSError):
+            self.finish_switch()
 
     def clean_staging(self) -> int:
         """Remove everything in staging/ and cache/tmp/ (needs the lock); bytes freed."""
