@@ -35,6 +35,7 @@ import base64
 import binascii
 import calendar
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -293,6 +294,25 @@ def _zeros_sha256(n: int) -> bytes:
     return got
 
 
+@functools.lru_cache(maxsize=4096)  # images repeat a few (clamped) times many times
+def _parse_time(v: str) -> int | None:
+    """Whole seconds since the epoch of an RFC 3339 time, or None."""
+    m = _TIME_RE.fullmatch(v)
+    if m is None:
+        return None
+    year, month, day, hh, mm, ss = (int(m[i]) for i in range(1, 7))
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hh < 24 and mm < 60 and ss < 61):
+        return None
+    secs = calendar.timegm((year, month, day, hh, mm, ss, 0, 0, 0))
+    tz = m[8]
+    if tz != "Z":
+        sign = 1 if tz[0] == "+" else -1
+        secs -= sign * (int(tz[1:3]) * 3600 + int(tz[4:6]) * 60)
+    if not -(1 << 63) <= secs < 1 << 63:
+        return None
+    return secs  # fractions are dropped, as a tar header's seconds field does
+
+
 class _Fields:
     """Typed access to one TOC entry's JSON object; errors name the entry."""
 
@@ -336,20 +356,10 @@ class _Fields:
         v = self.obj.get(key)
         if v is None:
             return 0
-        m = _TIME_RE.fullmatch(v) if isinstance(v, str) else None
-        if m is None:
-            raise ZstdChunkedError(f"{self.where}: {key!r} is not an RFC 3339 time")
-        year, month, day, hh, mm, ss = (int(m[i]) for i in range(1, 7))
-        if not (1 <= month <= 12 and 1 <= day <= 31 and hh < 24 and mm < 60 and ss < 61):
-            raise ZstdChunkedError(f"{self.where}: {key!r} = {v!r} is not a valid time")
-        secs = calendar.timegm((year, month, day, hh, mm, ss, 0, 0, 0))
-        tz = m[8]
-        if tz != "Z":
-            sign = 1 if tz[0] == "+" else -1
-            secs -= sign * (int(tz[1:3]) * 3600 + int(tz[4:6]) * 60)
-        if not -(1 << 63) <= secs < 1 << 63:
-            raise ZstdChunkedError(f"{self.where}: {key!r} = {v!r} is out of range")
-        return secs  # fractions are dropped, as a tar header's seconds field does
+        secs = _parse_time(v) if isinstance(v, str) else None
+        if secs is None:
+            raise ZstdChunkedError(f"{self.where}: {key!r} = {v!r} is not an RFC 3339 time")
+        return secs
 
     def xattrs(self) -> tuple[tuple[str, bytes], ...]:
         v = self.obj.get("xattrs")
