@@ -331,8 +331,10 @@ def test_gc_keeps_chunks_when_it_cannot_read_a_toc(
 ) -> None:
     blob = b"a zstd:chunked TOC"
     digest = "sha256:" + hashlib.sha256(blob).hexdigest()
-    layer = LayerRecord("sha256:" + "1" * 64, "sha256:" + "2" * 64, toc_digest=digest)
-    layer = LayerRecord(**{**layer.to_json(), "toc_format": "zstd:chunked"})
+    layer = LayerRecord(
+        "sha256:" + "1" * 64, "sha256:" + "2" * 64, toc_digest=digest, toc_format="zstd:chunked"
+    )
+    assert LayerRecord.from_json(layer.to_json()) == layer
     deploy(sysroot, images[0], "v1", layers=(layer,), tocs={digest: blob})
     with sysroot.lock():
         sysroot.cache_put(hashlib.sha256(b"c").digest(), b"c")

@@ -152,6 +152,10 @@ class LayerRecord:
             "size": self.size,
             "toc_digest": self.toc_digest,
             "toc_format": self.toc_format,
+            # where the blob is, relative to the sysroot (derived; for reading by hand)
+            "toc_path": (
+                f"cache/tocs/sha256/{digest_hex(self.toc_digest)}" if self.toc_digest else None
+            ),
         }
 
     @classmethod
