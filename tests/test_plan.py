@@ -219,3 +219,17 @@ def test_coalescing_covers_every_frame_once(frames, gap):
                 assert r.offset <= o and o + s <= r.offset + r.length
     for a, b in itertools.pairwise(ranges):
         assert b.offset - (a.offset + a.length) > gap or b.offset < a.offset + a.length
+
+
+def test_one_local_inode_backs_one_new_path():
+    """Two new files with the same content and metadata must not both hardlink the same
+    local file: that would create a hardlink set the image does not have."""
+    old = layer("sha256:old", [d(b""), f(b"a", [b"same"]), f(b"b", [b"other"])])
+    new = layer(
+        "sha256:new", [d(b""), f(b"a", [b"same"]), f(b"copy-of-a", [b"same"]), f(b"b", [b"other"])]
+    )
+    plan = plan_update([new], inventory_from_indexes([old]))
+    by_path = {s.entry.path: s for s in plan.files}
+    assert by_path[b"a"].action == "link" and by_path[b"a"].local == b"a"
+    assert by_path[b"copy-of-a"].action == "copy" and by_path[b"copy-of-a"].local == b"a"
+    assert by_path[b"b"].action == "link"

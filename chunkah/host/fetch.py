@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Protocol
 import zstandard
 
 from chunkah.errors import VerificationError
+from chunkah.host.deploy import CRASH_ENV, CRASH_EXIT
 from chunkah.host.index import LayerIndex
 from chunkah.host.plan import ChunkStep, FetchRange, UpdatePlan
 from chunkah.registry.client import RegistryClient
@@ -47,6 +49,12 @@ class FetchStats:
 
 
 Progress = Callable[[int, int], None]  # (compressed bytes done, chunks done)
+
+
+def crash_point(name: str) -> None:
+    """Tests set CHUNKAH_TEST_CRASH_AT to die here as kill -9 would (no cleanup)."""
+    if os.environ.get(CRASH_ENV) == name:
+        os._exit(CRASH_EXIT)
 
 
 def frames_to_chunks(plan: UpdatePlan) -> dict[tuple[int, int], list[ChunkStep]]:
@@ -130,6 +138,7 @@ async def _fetch_layer(
                 stats.chunks += 1
                 stats.chunk_bytes += len(piece)
             stats.ranges += 1
+            crash_point(f"fetched-{stats.ranges}")
             stats.bytes += len(result.data)
             stats.layers[index.digest] = stats.layers.get(index.digest, 0) + len(result.data)
             if progress is not None:

@@ -49,7 +49,9 @@ class LocalChunk:
 class Inventory:
     """What the host has: files and chunks of the current deployment, the chunk cache."""
 
-    files: dict[bytes, IndexEntry] = field(default_factory=dict)  # sha256 -> a local file
+    # sha256 -> the local files with that content (distinct inodes: hardlinks are
+    # "hardlink" entries, never files)
+    files: dict[bytes, tuple[IndexEntry, ...]] = field(default_factory=dict)
     chunks: dict[bytes, LocalChunk] = field(default_factory=dict)
     cached: Container[bytes] = frozenset()
     layers: frozenset[str] = frozenset()  # layer digests of the current image
@@ -196,17 +198,22 @@ def inventory_from_indexes(
 ) -> Inventory:
     """The inventory of a deployment made from ``current`` (its content is trusted:
     deployments are immutable and were verified when they were made)."""
-    files: dict[bytes, IndexEntry] = {}
+    files: dict[bytes, list[IndexEntry]] = defaultdict(list)
     chunks: dict[bytes, LocalChunk] = {}
     for _li, entry in flatten(current).values():
         if entry.type != "file" or not entry.sha256:
             continue
-        files.setdefault(entry.sha256, entry)
+        files[entry.sha256].append(entry)
         offset = 0
         for c in entry.chunks:
             chunks.setdefault(c.sha256, LocalChunk(entry.path, offset, c.size))
             offset += c.size
-    return Inventory(files, chunks, cached, frozenset(ix.digest for ix in current))
+    return Inventory(
+        {k: tuple(v) for k, v in files.items()},
+        chunks,
+        cached,
+        frozenset(ix.digest for ix in current),
+    )
 
 
 def _coalesce(layer: int, frames: list[tuple[int, int, int]], merge_gap: int) -> list[FetchRange]:
@@ -243,6 +250,7 @@ def plan_update(
     need_frames: dict[int, set[int]] = defaultdict(set)
     files: list[FileStep] = []
     per_layer: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    linked: set[bytes] = set()
     for li, entry in entries:
         if entry.type != "file":
             continue
@@ -251,11 +259,19 @@ def plan_update(
         if entry.size == 0:
             files.append(FileStep(entry, li, "empty"))
             continue
-        local = inventory.files.get(entry.sha256)
-        if local is not None:
-            action = "link" if local.same_metadata(entry) else "copy"
-            files.append(FileStep(entry, li, action, local=local.path))
-            stats[f"{action}_bytes"] += entry.size
+        candidates = inventory.files.get(entry.sha256)
+        if candidates:
+            # A local inode may back one new path only, or the new tree would gain
+            # hardlink sets the image does not have.  Prefer the file at the same path.
+            same = [c for c in candidates if c.same_metadata(entry) and c.path not in linked]
+            same.sort(key=lambda c: c.path != entry.path)
+            if same:
+                linked.add(same[0].path)
+                files.append(FileStep(entry, li, "link", local=same[0].path))
+                stats["link_bytes"] += entry.size
+            else:
+                files.append(FileStep(entry, li, "copy", local=candidates[0].path))
+                stats["copy_bytes"] += entry.size
             continue
         if not entry.chunks:
             raise PlanError(f"{entry.path!r}: {entry.size} bytes but no chunks and no local copy")

@@ -28,7 +28,7 @@ from chunkah.errors import InputError, VerificationError
 from chunkah.format.toc import TocError, decode_toc_frame
 from chunkah.format.writer import ANNOTATION_TOC_DIGEST, ANNOTATION_TOC_POSITION
 from chunkah.host.assemble import assemble, verify_diff_ids
-from chunkah.host.fetch import FetchStats, fetch_plan
+from chunkah.host.fetch import FetchStats, crash_point, fetch_plan
 from chunkah.host.index import ChunkRef, IndexEntry, LayerIndex, index_from_toc
 from chunkah.host.plan import Inventory, UpdatePlan, inventory_from_indexes, plan_update
 from chunkah.host.store import HostStore
@@ -346,6 +346,7 @@ def run_update(
             assemble(plan, staging, current=current_root, read_chunk=store.read, fsync=options.fsync,
                      link=store.link)  # fmt: skip
             phases["assemble"] = time.perf_counter() - t
+            crash_point("assembled")
             if options.verify_diff_ids:
                 t = time.perf_counter()
                 changed = [i for i in range(len(indexes)) if i not in plan.unchanged_layers]
