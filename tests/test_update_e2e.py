@@ -230,3 +230,56 @@ def test_debian_update_with_changed_removed_and_added_files(
     plan = result["plan"]
     assert plan["chunks"].get("local", 0) > 0  # bash's unchanged chunks came from v1's copy
     assert plan["fetch_bytes"] < 1_000_000
+
+
+@pytest.mark.needs_root
+@pytest.mark.parametrize("kind", ["zstd:chunked", "gzip"])
+def test_updates_from_images_made_by_other_tools(
+    kind, debian_tiny_rootfs, docker_registry, tmp_path
+):
+    """zstd:chunked layers written by skopeo (their TOC) and plain gzip layers (whole
+    download, still verified) both deploy the exact tree; a second version reuses
+    what the host has."""
+    v1 = debian_tiny_rootfs.path
+    v2 = tmp_path / "v2"
+    copy_tree(v1, v2)
+    ls = v2 / "usr/bin/ls"
+    data = bytearray(ls.read_bytes())
+    data[20_000:20_100] = os.urandom(100)
+    ls.write_bytes(bytes(data))
+    os.utime(ls, (EPOCH - 5, EPOCH - 5))
+    blob_cache = Path("/var/lib/containers/cache/blob-info-cache-v1.boltdb")
+    refs = {}
+    for name, src in (("v1", v1), ("v2", v2)):
+        chunkah(
+            "build",
+            str(src),
+            "-o",
+            f"oci:{tmp_path}/img:{name}",
+            "--max-layers",
+            "1",
+            "--compression",
+            "gzip",
+        )
+        refs[name] = docker_registry.ref(f"foreign-{kind.replace(':', '-')}", name)
+        if kind == "zstd:chunked":
+            blob_cache.unlink(missing_ok=True)
+            skopeo_copy(
+                f"oci:{tmp_path}/img:{name}", refs[name], "--dest-compress-format", "zstd:chunked"
+            )
+        else:
+            skopeo_copy(f"oci:{tmp_path}/img:{name}", refs[name], preserve_digests=True)
+    sysroot = tmp_path / "sys"
+    first = update(refs["v1"], sysroot)
+    assert_trees_equal(v1, os.path.realpath(sysroot / "current"), mtime_clamp=EPOCH)
+    second = update(refs["v2"], sysroot)
+    assert_trees_equal(v2, os.path.realpath(sysroot / "current"), mtime_clamp=EPOCH)
+    kinds = {row["kind"] for row in second["plan"]["layers"]}
+    if kind == "zstd:chunked":
+        assert kinds == {"zstd:chunked"}
+        # Only the changed file's chunks were fetched, by range.
+        assert second["plan"]["fetch_bytes"] < first["plan"]["fetch_bytes"] / 10
+        assert second["plan"]["files"]["link"] > 500
+    else:
+        assert kinds == {"whole"}
+        assert second["plan"]["whole_layer_bytes"] > 0

@@ -97,6 +97,12 @@ def _write_file(
                                 f"{entry.path!r}: the local chunk in {c.local.path!r} does not match "
                                 "its digest (was the deployment modified?)"
                             )
+                    elif c.source == "zeros":
+                        data = bytes(c.size)
+                        if hashlib.sha256(data).digest() != c.sha256:
+                            raise VerificationError(
+                                f"{entry.path!r}: a hole's digest is not that of zeros"
+                            )
                     else:
                         data = read_chunk(c.sha256)
                         if len(data) != c.size:

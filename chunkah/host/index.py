@@ -20,7 +20,7 @@ __all__ = ["ChunkRef", "FrameRef", "IndexEntry", "LayerIndex", "index_from_toc"]
 class ChunkRef:
     sha256: bytes
     size: int
-    frame: int  # index into LayerIndex.frames; -1 when the chunk is not fetchable by range
+    frame: int  # index into LayerIndex.frames; -1: not fetchable by range; -2: all zeros (a hole)
     offset_in_frame: int = 0
 
 
@@ -88,8 +88,12 @@ def index_from_toc(
     kind: str = "chunkah",
     toc_bytes: int = 0,
     components: tuple[str, ...] = (),
+    zero_chunks: Sequence[bool] | None = None,
 ) -> LayerIndex:
-    """Turn a (validated) TOC into the planner's view of a layer."""
+    """Turn a (validated) TOC into the planner's view of a layer.
+
+    ``zero_chunks`` (zstd:chunked holes) marks chunks made of zeros: never fetched.
+    """
     frames_np = toc.frames
     coff = frames_np["coff"].tolist()
     csize = frames_np["csize"].tolist()
@@ -122,7 +126,9 @@ def index_from_toc(
     for i in range(len(types)):
         po, pl = path_off[i], path_len[i]
         chunks = tuple(
-            ChunkRef(c_sha[c], c_size[c], c_frame[c], c_uoff[c] - fu[c_frame[c]])
+            ChunkRef(c_sha[c], c_size[c], -2, 0)
+            if zero_chunks is not None and zero_chunks[c]
+            else ChunkRef(c_sha[c], c_size[c], c_frame[c], c_uoff[c] - fu[c_frame[c]])
             for c in range(first[i], first[i] + count[i])
         )
         entries.append(

@@ -65,7 +65,7 @@ class Inventory:
 class ChunkStep:
     sha256: bytes
     size: int
-    source: str  # "cache", "local" or "fetch"
+    source: str  # "cache", "local", "fetch" or "zeros" (a hole: written, never fetched)
     local: LocalChunk | None = None
     layer: int = -1
     frame: int = -1
@@ -285,6 +285,9 @@ def plan_update(
             elif c.sha256 in inventory.chunks:
                 steps.append(ChunkStep(c.sha256, c.size, "local", local=inventory.chunks[c.sha256]))
                 stats["local_chunk_bytes"] += c.size
+            elif c.frame == -2:
+                steps.append(ChunkStep(c.sha256, c.size, "zeros"))
+                stats["zero_bytes"] += c.size
             elif c.frame >= 0:
                 steps.append(
                     ChunkStep(

@@ -25,8 +25,10 @@ from typing import Any
 from chunkah import oci
 from chunkah.compression import open_decompressed
 from chunkah.errors import InputError, VerificationError
+from chunkah.format import zstd_chunked
 from chunkah.format.toc import TocError, decode_toc_frame
 from chunkah.format.writer import ANNOTATION_TOC_DIGEST, ANNOTATION_TOC_POSITION
+from chunkah.format.zstd_chunked import is_zstd_chunked
 from chunkah.host.assemble import assemble, verify_diff_ids
 from chunkah.host.fetch import FetchStats, crash_point, fetch_plan
 from chunkah.host.index import ChunkRef, IndexEntry, LayerIndex, index_from_toc
@@ -121,6 +123,8 @@ async def _layer_index(
     if cached is not None:
         return cached
     components = _components(desc)
+    if is_zstd_chunked(desc.annotations):
+        return await _zstd_chunked_index(client, ref, desc, diff_id, store, components)
     position = _toc_position(desc)
     if position is None:
         return LayerIndex(
@@ -148,6 +152,30 @@ async def _layer_index(
         toc, digest=desc.digest, diff_id=diff_id, blob_size=desc.size, media_type=desc.media_type,
         toc_bytes=fetched, components=components,
     )  # fmt: skip
+
+
+async def _zstd_chunked_index(
+    client: RegistryClient,
+    ref: RegistryReference,
+    desc: oci.Descriptor,
+    diff_id: str,
+    store: HostStore,
+    components: tuple[str, ...],
+) -> LayerIndex:
+    """A layer made by podman/skopeo with zstd:chunked: its TOC, converted to ours."""
+    location = zstd_chunked.parse_annotations(desc.annotations, blob_size=desc.size)
+    span = location.manifest
+    async with RangeFetcher(client, ref, desc.digest, desc.size) as fetcher:
+        (compressed,) = await fetcher.fetch_all([(span.offset, span.length)])
+    layer = zstd_chunked.decode_manifest(compressed, location, diff_id=diff_id)
+    index = index_from_toc(
+        layer.toc, digest=desc.digest, diff_id=diff_id, blob_size=desc.size, media_type=desc.media_type,
+        kind="zstd:chunked", toc_bytes=span.length, components=components,
+        zero_chunks=layer.zero_chunks.tolist(),
+    )  # fmt: skip
+    # Kept as a listing: the host only needs its files' digests once it is deployed.
+    store.save_listing(desc.digest, index)
+    return index
 
 
 def _list_whole_layer(
