@@ -10,7 +10,8 @@ DEBS := gcc libc6-dev zstd docker-registry skopeo umoci mmdebstrap podman uidmap
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup debs venv demo test lint format typecheck bench bench-cdc clean
+.PHONY: setup debs venv demo test lint format typecheck bench bench-cdc bench-build bench-layers \
+        bench-format bench-update bench-registry clean
 
 setup: debs venv
 
@@ -53,7 +54,24 @@ typecheck: venv
 bench-cdc: setup
 	$(BIN)/python benchmarks/bench_cdc.py
 
-bench: bench-cdc
+bench-build: setup
+	$(BIN)/python benchmarks/bench_build.py
+
+bench-layers: setup
+	$(BIN)/python benchmarks/bench_layers.py
+
+bench-format: setup
+	$(BIN)/python benchmarks/bench_format.py --series tiny
+	$(BIN)/python benchmarks/bench_format.py --series app
+
+bench-update: setup
+	$(BIN)/python benchmarks/bench_update.py
+
+bench-registry: setup
+	$(BIN)/python benchmarks/bench_registry.py
+
+# Every benchmark program; results in benchmarks/results/, summary in benchmarks/RESULTS.md.
+bench: bench-cdc bench-build bench-layers bench-format bench-registry bench-update
 
 clean:
 	rm -rf $(VENV) build *.egg-info chunkah/_native/*.so .pytest_cache .mypy_cache .ruff_cache
