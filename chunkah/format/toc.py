@@ -8,6 +8,8 @@ decoded only when asked for.
 from __future__ import annotations
 
 import hashlib
+import operator
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -76,6 +78,8 @@ MAX_ENTRIES = 16 << 20
 MAX_CHUNKS = 64 << 20
 MAX_BODY = 1 << 30
 _ZERO32 = bytes(32)
+# Absolute, '.', '..', empty components, trailing '/', NUL: anything but the normal form.
+_BAD_PATH = re.compile(rb"\A/|/\Z|//|\x00|(?:\A|/)\.\.?(?:/|\Z)")
 
 
 class TocError(VerificationError):
@@ -443,7 +447,9 @@ def _validate_entries(toc: Toc) -> None:
         idx = np.repeat(first[files] - (np.cumsum(per_file) - per_file), per_file) + np.arange(
             int(per_file.sum())
         )
-        if len(np.unique(idx)) != len(idx):
+        order = np.argsort(first[files], kind="stable")
+        f_first, f_count = first[files][order], per_file[order]
+        if (f_first[1:] < f_first[:-1] + f_count[:-1]).any():
             raise TocError("two files share chunk table entries")
         starts = first[files]
         if (cu[starts] != payload[files]).any():
@@ -456,25 +462,29 @@ def _validate_entries(toc: Toc) -> None:
         if (covered.astype(np.int64) != sizes[files]).any():
             raise TocError("a file's chunks do not cover its size")
     # Paths: normal form, unique, canonical order; links point backwards at files.
-    seen: dict[bytes, int] = {}
-    prev_key: tuple[bytes, ...] | None = None
     strings = toc.strings
     offs = e["path_off"].tolist()
     lens = e["path_len"].tolist()
     llens = e["link_len"].tolist()
     tlist = types.tolist()
-    for i in range(len(e)):
-        path = strings[offs[i] : offs[i] + lens[i]]
-        parts = path.split(b"/") if path else []
-        if b"\0" in path or path.startswith(b"/") or any(p in (b"", b".", b"..") for p in parts):
-            raise TocError(f"entry {i} has an unsafe or non-normal path {path!r}")
-        key = tuple(parts)
-        if prev_key is not None and key <= prev_key:
-            raise TocError(f"entry {i} ({path!r}) is duplicated or out of canonical order")
-        prev_key = key
-        if tlist[i] == TYPE_HARDLINK:
+    paths = [strings[o : o + n] for o, n in zip(offs, lens, strict=True)]
+    # Joined with '/', every path's components sit between slashes: an empty, '.' or
+    # '..' component (or a leading/trailing '/') shows up as '//', '/./' or '/../'.
+    rest = paths[1:] if paths and paths[0] == b"" else paths
+    body = b"/" + b"/".join(rest) + b"/"
+    if b"\0" in body or b"//" in body or b"/./" in body or b"/../" in body:
+        i = next(k for k, p in enumerate(paths) if _BAD_PATH.search(p) or (k and not p))
+        raise TocError(f"entry {i} has an unsafe or non-normal path {paths[i]!r}")
+    # '/' -> NUL makes byte order equal component order (NUL cannot be in a name).
+    keys = [p.replace(b"/", b"\0") for p in paths]
+    if not all(map(operator.lt, keys, keys[1:])):
+        i = next(k for k in range(1, len(keys)) if keys[k] <= keys[k - 1])
+        raise TocError(f"entry {i} ({paths[i]!r}) is duplicated or out of canonical order")
+    hardlinks = [i for i, t in enumerate(tlist) if t == TYPE_HARDLINK]
+    if hardlinks:
+        index_of = {p: i for i, p in enumerate(paths) if tlist[i] == TYPE_FILE}
+        for i in hardlinks:
             target = strings[offs[i] + lens[i] : offs[i] + lens[i] + llens[i]]
-            j = seen.get(target)
-            if j is None or tlist[j] != TYPE_FILE:
-                raise TocError(f"hardlink {path!r} does not point at an earlier regular file")
-        seen[path] = i
+            j = index_of.get(target)
+            if j is None or j > i:
+                raise TocError(f"hardlink {paths[i]!r} does not point at an earlier regular file")

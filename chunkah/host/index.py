@@ -4,35 +4,36 @@ A chunkah TOC, a zstd:chunked TOC (converted to a chunkah ``Toc``), or the listi
 a plain layer made after downloading it whole: the planner sees them all as a
 ``LayerIndex`` of entries whose content is a list of chunks (sha256 + size + the
 frame that holds it, when the layer can be fetched by ranges).
+
+Entries, chunks and frames are named tuples: a 100 000-entry layer is converted in
+well under a second, where frozen dataclasses cost several.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from chunkah.format.toc import TYPE_NAMES, Toc
 
 __all__ = ["ChunkRef", "FrameRef", "IndexEntry", "LayerIndex", "index_from_toc"]
 
 
-@dataclass(frozen=True, slots=True)
-class ChunkRef:
+class ChunkRef(NamedTuple):
     sha256: bytes
     size: int
     frame: int  # index into LayerIndex.frames; -1: not fetchable by range; -2: all zeros (a hole)
     offset_in_frame: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class FrameRef:
+class FrameRef(NamedTuple):
     offset: int  # in the blob
     size: int  # compressed bytes
     usize: int  # decompressed bytes
 
 
-@dataclass(frozen=True, slots=True)
-class IndexEntry:
+class IndexEntry(NamedTuple):
     path: bytes
     type: str  # file, dir, symlink, char, block, fifo, hardlink
     mode: int
@@ -97,56 +98,49 @@ def index_from_toc(
     frames_np = toc.frames
     coff = frames_np["coff"].tolist()
     csize = frames_np["csize"].tolist()
-    fu = frames_np["uoff"].tolist()
-    fs = frames_np["usize"].tolist()
-    frames = [FrameRef(coff[i], csize[i], fs[i]) for i in range(len(coff))]
+    frames = list(map(FrameRef._make, zip(coff, csize, frames_np["usize"].tolist(), strict=True)))
     ch = toc.chunks
-    c_uoff = ch["uoff"].tolist()
-    c_size = ch["usize"].tolist()
     c_frame = ch["frame"].tolist()
+    in_frame = (
+        (ch["uoff"].astype("int64") - frames_np["uoff"].astype("int64")[ch["frame"]]).tolist()
+        if len(ch)
+        else []
+    )
     c_sha = [bytes(x) for x in ch["sha256"]]
+    refs = list(
+        map(ChunkRef._make, zip(c_sha, ch["usize"].tolist(), c_frame, in_frame, strict=True))
+    )
+    if zero_chunks is not None:
+        refs = [
+            ChunkRef(r.sha256, r.size, -2, 0) if z else r
+            for r, z in zip(refs, zero_chunks, strict=True)
+        ]
     e = toc.entries
     types = e["type"].tolist()
-    modes = e["mode"].tolist()
-    uids = e["uid"].tolist()
-    gids = e["gid"].tolist()
-    mtimes = e["mtime"].tolist()
-    sizes = e["size"].tolist()
     path_off = e["path_off"].tolist()
     path_len = e["path_len"].tolist()
     link_len = e["link_len"].tolist()
     first = e["first_chunk"].tolist()
     count = e["n_chunks"].tolist()
-    majors = e["dev_major"].tolist()
-    minors = e["dev_minor"].tolist()
     n_xattrs = e["n_xattrs"].tolist()
-    shas = [bytes(x) for x in e["sha256"]]
     strings = toc.strings
-    entries = []
-    for i in range(len(types)):
-        po, pl = path_off[i], path_len[i]
-        chunks = tuple(
-            ChunkRef(c_sha[c], c_size[c], -2, 0)
-            if zero_chunks is not None and zero_chunks[c]
-            else ChunkRef(c_sha[c], c_size[c], c_frame[c], c_uoff[c] - fu[c_frame[c]])
-            for c in range(first[i], first[i] + count[i])
+    paths = [strings[o : o + n] for o, n in zip(path_off, path_len, strict=True)]
+    links = [
+        strings[o + n : o + n + m] if m else b""
+        for o, n, m in zip(path_off, path_len, link_len, strict=True)
+    ]
+    shas = [bytes(x) if t in (0, 6) else b"" for x, t in zip(e["sha256"], types, strict=True)]
+    entries = [
+        IndexEntry(
+            paths[i], TYPE_NAMES[t], mode, uid, gid, mtime, size, links[i],
+            toc.entry(i).xattrs if n_xattrs[i] else (), (major, minor), shas[i],
+            tuple(refs[first[i] : first[i] + count[i]]) if count[i] else (),
         )
-        entries.append(
-            IndexEntry(
-                path=strings[po : po + pl],
-                type=TYPE_NAMES[types[i]],
-                mode=modes[i],
-                uid=uids[i],
-                gid=gids[i],
-                mtime=mtimes[i],
-                size=sizes[i],
-                link=strings[po + pl : po + pl + link_len[i]],
-                xattrs=toc.entry(i).xattrs if n_xattrs[i] else (),
-                rdev=(majors[i], minors[i]),
-                sha256=shas[i] if types[i] in (0, 6) else b"",
-                chunks=chunks,
-            )
+        for i, (t, mode, uid, gid, mtime, size, major, minor) in enumerate(
+            zip(types, e["mode"].tolist(), e["uid"].tolist(), e["gid"].tolist(), e["mtime"].tolist(),
+                e["size"].tolist(), e["dev_major"].tolist(), e["dev_minor"].tolist(), strict=True)
         )
+    ]  # fmt: skip
     return LayerIndex(
         digest=digest,
         diff_id=diff_id,
