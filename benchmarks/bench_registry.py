@@ -553,14 +553,15 @@ def range_cases(
     for _ in range(runs):
         for name, make in variants:
             mark = srv.log_mark()
-            cpu0, t0 = srv.cpu_seconds(), time.perf_counter()
+            cpu0, own0, t0 = srv.cpu_seconds(), _own_cpu(), time.perf_counter()
             result = asyncio.run(make())  # type: ignore[arg-type]
             seconds = time.perf_counter() - t0
-            server_cpu = srv.cpu_seconds() - cpu0
+            server_cpu, client_cpu = srv.cpu_seconds() - cpu0, _own_cpu() - own0
             requests, wire, statuses = srv.blob_requests(mark)
             row = rows[name]
             row["seconds"].append(seconds)
             row.setdefault("server_cpu_s", []).append(server_cpu)
+            row.setdefault("client_cpu_s", []).append(client_cpu)
             row["requests"], row["wire_bytes"], row["statuses"] = requests, wire, statuses
             if isinstance(result, int):
                 if result:
@@ -570,6 +571,7 @@ def range_cases(
     for row in rows.values():
         row["median_s"] = statistics.median(row["seconds"])
         row["median_server_cpu_s"] = statistics.median(row["server_cpu_s"])
+        row["median_client_cpu_s"] = statistics.median(row["client_cpu_s"])
         row["wanted_bytes"] = wanted
         row["wire_over_wanted"] = row["wire_bytes"] / wanted
     return list(rows.values())
@@ -723,6 +725,7 @@ def report(
                     "server",
                     "client",
                     "seconds",
+                    "client CPU s",
                     "server CPU s",
                     "requests",
                     "MiB on the wire",
@@ -733,6 +736,7 @@ def report(
                         r["server"],
                         r["what"],
                         f"{r['median_s']:.2f}",
+                        f"{r['median_client_cpu_s']:.2f}",
                         f"{r['median_server_cpu_s']:.2f}",
                         r["requests"],
                         f"{r['wire_bytes'] / MiB:.1f}",
