@@ -67,7 +67,7 @@ def test_sbom_of_a_directory(debian_tiny_rootfs: DebianRootfs, tmp_path: Path) -
         ("/nonexistent/rootfs", b"not a directory"),
         ("oci:/nonexistent/layout", b"no such OCI layout"),
         ("oci-archive:/nonexistent.tar", b"nonexistent.tar"),
-        ("docker://example.org/x:1", b"not supported"),
+        ("docker://127.0.0.1:1/x:1;bad", b"invalid"),
     ],
 )
 def test_bad_source_is_exit_2(source: str, message: bytes) -> None:
