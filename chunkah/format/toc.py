@@ -78,6 +78,7 @@ MAX_ENTRIES = 16 << 20
 MAX_CHUNKS = 64 << 20
 MAX_BODY = 1 << 30
 _ZERO32 = bytes(32)
+_CHECK_BATCH = 8192  # entries per batch of path checks (bounds their memory)
 # Absolute, '.', '..', empty components, trailing '/', NUL: anything but the normal form.
 _BAD_PATH = re.compile(rb"\A/|/\Z|//|\x00|(?:\A|/)\.\.?(?:/|\Z)")
 
@@ -467,24 +468,45 @@ def _validate_entries(toc: Toc) -> None:
     lens = e["path_len"].tolist()
     llens = e["link_len"].tolist()
     tlist = types.tolist()
-    paths = [strings[o : o + n] for o, n in zip(offs, lens, strict=True)]
-    # Joined with '/', every path's components sit between slashes: an empty, '.' or
-    # '..' component (or a leading/trailing '/') shows up as '//', '/./' or '/../'.
-    rest = paths[1:] if paths and paths[0] == b"" else paths
-    body = b"/" + b"/".join(rest) + b"/"
-    if b"\0" in body or b"//" in body or b"/./" in body or b"/../" in body:
-        i = next(k for k, p in enumerate(paths) if _BAD_PATH.search(p) or (k and not p))
-        raise TocError(f"entry {i} has an unsafe or non-normal path {paths[i]!r}")
-    # '/' -> NUL makes byte order equal component order (NUL cannot be in a name).
-    keys = [p.replace(b"/", b"\0") for p in paths]
-    if not all(map(operator.lt, keys, keys[1:])):
-        i = next(k for k in range(1, len(keys)) if keys[k] <= keys[k - 1])
-        raise TocError(f"entry {i} ({paths[i]!r}) is duplicated or out of canonical order")
+
+    def path_of(i: int) -> bytes:
+        return strings[offs[i] : offs[i] + lens[i]]
+
+    def path_key(i: int) -> bytes:
+        return path_of(i).replace(b"/", b"\0")
+
+    if any(b"\0" in strings[o : o + n] for o, n in zip(offs, lens, strict=True)):
+        i = next(k for k in range(len(lens)) if b"\0" in path_of(k))
+        raise TocError(f"entry {i} has an unsafe or non-normal path {path_of(i)!r}")
+    # '/' -> NUL makes byte order equal component order (NUL is in no name, checked
+    # above); joined by NUL, an empty, '.' or '..' component (or a leading/trailing
+    # '/') shows up as NUL NUL, NUL . NUL or NUL .. NUL.  Done in batches so the keys
+    # never all sit in memory at once.
+    prev: bytes | None = None
+    for start in range(0, len(lens), _CHECK_BATCH):
+        keys = [
+            strings[o : o + n].replace(b"/", b"\0")
+            for o, n in zip(
+                offs[start : start + _CHECK_BATCH], lens[start : start + _CHECK_BATCH], strict=True
+            )
+        ]
+        body = b"\0" + b"\0".join(keys[1:] if start == 0 and keys[0] == b"" else keys) + b"\0"
+        if b"\0\0" in body or b"\0.\0" in body or b"\0..\0" in body:
+            i = next(
+                k for k in range(len(lens)) if _BAD_PATH.search(path_of(k)) or (k and not lens[k])
+            )
+            raise TocError(f"entry {i} has an unsafe or non-normal path {path_of(i)!r}")
+        if (prev is not None and keys[0] <= prev) or not all(map(operator.lt, keys, keys[1:])):
+            i = next(
+                k for k in range(max(1, start), start + len(keys)) if path_key(k) <= path_key(k - 1)
+            )
+            raise TocError(f"entry {i} ({path_of(i)!r}) is duplicated or out of canonical order")
+        prev = keys[-1]
     hardlinks = [i for i, t in enumerate(tlist) if t == TYPE_HARDLINK]
     if hardlinks:
-        index_of = {p: i for i, p in enumerate(paths) if tlist[i] == TYPE_FILE}
+        index_of = {path_of(i): i for i, t in enumerate(tlist) if t == TYPE_FILE}
         for i in hardlinks:
             target = strings[offs[i] + lens[i] : offs[i] + lens[i] + llens[i]]
             j = index_of.get(target)
             if j is None or j > i:
-                raise TocError(f"hardlink {paths[i]!r} does not point at an earlier regular file")
+                raise TocError(f"hardlink {path_of(i)!r} does not point at an earlier regular file")
