@@ -28,7 +28,9 @@ REPO = Path(__file__).resolve().parent.parent
 def rootfs_for(recipe: str) -> Path:
     out = subprocess.run(
         [sys.executable, str(REPO / "fixtures/debian_rootfs.py"), recipe],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return Path(out.stdout.strip())
 
@@ -57,7 +59,9 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, in
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--recipe", default="large", help="Debian recipe from fixtures/debian_rootfs.py")
+    ap.add_argument(
+        "--recipe", default="large", help="Debian recipe from fixtures/debian_rootfs.py"
+    )
     ap.add_argument("--rootfs", type=Path, help="use this directory instead of a recipe")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workers", type=int, default=1)
@@ -68,13 +72,32 @@ def main() -> None:
     tar_cmd = ["bash", "-c", f"tar --sort=name -cf - -C '{root}' . | sha256sum"]
     times: dict[str, list[float]] = {"tar | sha256sum": [], "chunkah build": []}
     rss: list[int] = []
-    with tempfile.TemporaryDirectory(prefix="bench-build-", dir=REPO / "benchmarks" / "results") as tmp:
+    with tempfile.TemporaryDirectory(
+        prefix="bench-build-", dir=REPO / "benchmarks" / "results"
+    ) as tmp:
+
         def build(i: int) -> tuple[float, int]:
             out = Path(tmp, f"img{i}")
-            res = timed([sys.executable, "-m", "chunkah", "build", str(root), "-o", f"oci:{out}:b",
-                         "--compression", "none", "--workers", str(args.workers), "--quiet"], env)
+            res = timed(
+                [
+                    sys.executable,
+                    "-m",
+                    "chunkah",
+                    "build",
+                    str(root),
+                    "-o",
+                    f"oci:{out}:b",
+                    "--compression",
+                    "none",
+                    "--workers",
+                    str(args.workers),
+                    "--quiet",
+                ],
+                env,
+            )
             subprocess.run(["rm", "-rf", str(out)], check=True)
             return res
+
         timed(tar_cmd)  # warm the page cache
         build(-1)
         for i in range(args.runs):
@@ -87,16 +110,32 @@ def main() -> None:
     info = machine_info()
     rows = [
         ["tar --sort=name -cf - | sha256sum", f"{med['tar | sha256sum']:.2f}", "1.00x", "-"],
-        [f"chunkah build (uncompressed, {args.workers} worker)", f"{med['chunkah build']:.2f}",
-         f"{ratio:.2f}x", f"{max(rss) / 2**20:.0f} MiB"],
+        [
+            f"chunkah build (uncompressed, {args.workers} worker)",
+            f"{med['chunkah build']:.2f}",
+            f"{ratio:.2f}x",
+            f"{max(rss) / 2**20:.0f} MiB",
+        ],
     ]
-    print(f"Single-layer build of {root} ({size / 1e6:.0f} MB in {entries} entries), "
-          f"median of {args.runs}; {info['date']}, {info['cpu']}")
+    print(
+        f"Single-layer build of {root} ({size / 1e6:.0f} MB in {entries} entries), "
+        f"median of {args.runs}; {info['date']}, {info['cpu']}"
+    )
     print(markdown_table(["command", "seconds", "vs tar", "peak RSS"], rows))
-    path = write_json("bench_build", {
-        "machine": info, "rootfs": str(root), "bytes": size, "entries": entries, "runs": args.runs,
-        "seconds": times, "median": med, "ratio": ratio, "peak_rss_bytes": max(rss),
-    })
+    path = write_json(
+        "bench_build",
+        {
+            "machine": info,
+            "rootfs": str(root),
+            "bytes": size,
+            "entries": entries,
+            "runs": args.runs,
+            "seconds": times,
+            "median": med,
+            "ratio": ratio,
+            "peak_rss_bytes": max(rss),
+        },
+    )
     print(f"JSON: {path}")
 
 

@@ -52,7 +52,10 @@ class BuiltLayer:
 def series_dirs(name: str) -> list[Path]:
     out = subprocess.run(
         [sys.executable, str(REPO / "benchmarks/series.py"), name],
-        check=True, capture_output=True, text=True, timeout=3600,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=3600,
     )
     return [Path(line) for line in out.stdout.split()]
 
@@ -109,10 +112,39 @@ def update_bytes(old: list[BuiltLayer], new: list[BuiltLayer]) -> tuple[int, int
 
 
 SETTINGS = {
-    "16/64/256 inline16K pack64K L3": ChunkedSettings(3, CdcSettings(16 << 10, 64 << 10, 256 << 10), 16 << 10, 64 << 10),
-    "16/64/256 inline64K pack256K L3": ChunkedSettings(3, CdcSettings(16 << 10, 64 << 10, 256 << 10), 64 << 10, 256 << 10),
-    "32/128/512 inline256K pack2M L3": ChunkedSettings(3, CdcSettings(32 << 10, 128 << 10, 512 << 10), 256 << 10, 2 << 20),
-    "8/32/128 inline32K pack256K L3": ChunkedSettings(3, CdcSettings(8 << 10, 32 << 10, 128 << 10), 32 << 10, 256 << 10),
+    "16/64/256 inline16K pack64K L3": ChunkedSettings(
+        3, CdcSettings(16 << 10, 64 << 10, 256 << 10), 16 << 10, 64 << 10
+    ),
+    "16/64/256 inline64K pack256K L3": ChunkedSettings(
+        3, CdcSettings(16 << 10, 64 << 10, 256 << 10), 64 << 10, 256 << 10
+    ),
+    "32/128/512 inline256K pack2M L3": ChunkedSettings(
+        3, CdcSettings(32 << 10, 128 << 10, 512 << 10), 256 << 10, 2 << 20
+    ),
+    "8/32/128 inline32K pack256K L3": ChunkedSettings(
+        3, CdcSettings(8 << 10, 32 << 10, 128 << 10), 32 << 10, 256 << 10
+    ),
+    "32/128/512 inline128K pack1M L6": ChunkedSettings(
+        6, CdcSettings(32 << 10, 128 << 10, 512 << 10), 128 << 10, 1 << 20
+    ),
+    "16/64/256 inline64K pack512K L9": ChunkedSettings(
+        9, CdcSettings(16 << 10, 64 << 10, 256 << 10), 64 << 10, 512 << 10
+    ),
+    "16/64/256 inline16K pack64K L12": ChunkedSettings(
+        12, CdcSettings(16 << 10, 64 << 10, 256 << 10), 16 << 10, 64 << 10
+    ),
+    "16/64/256 inline16K pack128K L16": ChunkedSettings(
+        16, CdcSettings(16 << 10, 64 << 10, 256 << 10), 16 << 10, 128 << 10
+    ),
+    "16/64/256 inline16K pack128K L19": ChunkedSettings(
+        19, CdcSettings(16 << 10, 64 << 10, 256 << 10), 16 << 10, 128 << 10
+    ),
+    "16/64/256 inline64K pack256K L19": ChunkedSettings(
+        19, CdcSettings(16 << 10, 64 << 10, 256 << 10), 64 << 10, 256 << 10
+    ),
+    "16/64/256 inline32K pack192K L19": ChunkedSettings(
+        19, CdcSettings(16 << 10, 64 << 10, 256 << 10), 32 << 10, 192 << 10
+    ),
 }
 
 
@@ -134,17 +166,54 @@ def main() -> None:
         toc = sum(layer.toc_length for layer in images[-1])
         for k in range(len(images) - 1):
             fetched, frames, estimate = update_bytes(images[k], images[k + 1])
-            rows.append([name, f"v{k + 1}->v{k + 2}", f"{blob / z3:.3f}x", f"{100 * toc / blob:.2f} %",
-                         f"{fetched / 1e6:.2f}", str(frames), f"{estimate / 1e6:.2f}", f"{fetched / estimate:.2f}x"])
-            results.append({"settings": name, "step": k + 1, "blob_bytes": blob, "zstd3_bytes": z3,
-                            "toc_bytes": toc, "update_bytes": fetched, "frames": frames,
-                            "per_file_cdc_estimate": estimate, "build_seconds": seconds})
+            rows.append(
+                [
+                    name,
+                    f"v{k + 1}->v{k + 2}",
+                    f"{blob / z3:.3f}x",
+                    f"{100 * toc / blob:.2f} %",
+                    f"{fetched / 1e6:.2f}",
+                    str(frames),
+                    f"{estimate / 1e6:.2f}",
+                    f"{fetched / estimate:.2f}x",
+                ]
+            )
+            results.append(
+                {
+                    "settings": name,
+                    "step": k + 1,
+                    "blob_bytes": blob,
+                    "zstd3_bytes": z3,
+                    "toc_bytes": toc,
+                    "update_bytes": fetched,
+                    "frames": frames,
+                    "per_file_cdc_estimate": estimate,
+                    "build_seconds": seconds,
+                }
+            )
         print(f"  done {name}", file=sys.stderr)
     info = machine_info()
-    print(f"Chunked format settings on the {args.series} series ({args.max_layers} layers); {info['date']}, {info['cpu']}")
-    print(markdown_table(["settings", "update", "fresh / zstd-3", "TOC share", "update MB", "frames",
-                          "per-file CDC est. MB", "update / est."], rows))
-    path = write_json(f"bench_format_{args.series}", {"machine": info, "series": args.series, "results": results})
+    print(
+        f"Chunked format settings on the {args.series} series ({args.max_layers} layers); {info['date']}, {info['cpu']}"
+    )
+    print(
+        markdown_table(
+            [
+                "settings",
+                "update",
+                "fresh / zstd-3",
+                "TOC share",
+                "update MB",
+                "frames",
+                "per-file CDC est. MB",
+                "update / est.",
+            ],
+            rows,
+        )
+    )
+    path = write_json(
+        f"bench_format_{args.series}", {"machine": info, "series": args.series, "results": results}
+    )
     print(f"JSON: {path}")
 
 
