@@ -609,6 +609,9 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8, help="naive client's requests in flight")
     ap.add_argument("--servers", default="docker-registry,chunkah")
     ap.add_argument("--skip", default="", help="comma list: whole,ranges")
+    ap.add_argument(
+        "--name", default="bench_registry", help="results file stem under benchmarks/results/"
+    )
     ap.add_argument("--workdir", type=Path, help="keep everything here (default: a temp dir)")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -750,9 +753,9 @@ def report(
     text = "\n".join(lines)
     print(text)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "bench_registry.md").write_text(text)
+    (RESULTS_DIR / f"{args.name}.md").write_text(text + "\n")
     path = write_json(
-        "bench_registry",
+        args.name,
         {
             "machine": info,
             "runs": args.runs,
