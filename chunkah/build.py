@@ -17,7 +17,10 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from chunkah.registry.client import RegistryClient
 
 from chunkah import oci
 from chunkah.compression import BlobDigests, CompressingWriter, Compression
@@ -34,9 +37,6 @@ from chunkah.packing import (
     plan_stateless,
     previous_plan,
 )
-from chunkah.registry.client import RegistryClient
-from chunkah.registry.reference import parse_registry_reference
-from chunkah.registry.transfer import pull_image, push_image
 from chunkah.tree import Tree, flatten_layers, parse_prune, read_dir, write_tar
 from chunkah.tree.model import is_below
 
@@ -185,6 +185,8 @@ def _run_registry(
 
 
 async def _pull(client: RegistryClient, source: str, dest: str) -> None:
+    from chunkah.registry.transfer import pull_image
+
     await pull_image(client, source, dest)
 
 
@@ -314,6 +316,9 @@ def build(
     if dest_ref.transport == "docker":
         # Build into a local layout, then push it (blobs the registry has are skipped).
         with tempfile.TemporaryDirectory(prefix="chunkah-push-") as tmp:
+            from chunkah.registry.reference import parse_registry_reference
+            from chunkah.registry.transfer import push_image
+
             tag = options.tag or parse_registry_reference(destination).tag or "latest"
             local = build(
                 source, f"oci:{tmp}/image:{tag}", replace(options, tag=tag), progress=progress
