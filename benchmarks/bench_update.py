@@ -2,7 +2,7 @@
 """Host updates side by side: chunkah update, the per-file CDC estimate, podman, casync.
 
     python benchmarks/bench_update.py [--series tiny,app] [--runs 3] [--level N]
-                                      [--podman-max-layers 1] [--workdir DIR]
+                                      [--podman-max-layers 1] [--workdir DIR] [--name NAME]
 
 For every step v_k -> v_k+1 of each series (benchmarks/series.py) this measures, over
 loopback, with bytes counted at the server (response body bytes, every request):
@@ -32,7 +32,7 @@ loopback, with bytes counted at the server (response body bytes, every request):
   requests and bytes from the server's log (bytes = size of each file served).
 
 Prints one Markdown table per step plus the ratios issue 7 judges; writes
-benchmarks/results/bench_update.{json,md}.
+benchmarks/results/bench_update.{json,md} (``--name`` for another pair of files).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -347,39 +347,43 @@ def short_verdict(v: dict[str, Any] | None) -> str:
     return f"**NO**: {kinds}"
 
 
-def measure_chunkah(
-    reg: RunningRegistry,
-    repo: str,
-    old_tag: str,
-    new_tag: str,
-    new_src: Path,
-    configs: set[str],
-    work: Path,
-    runs: int,
-) -> dict[str, Any]:
-    """Fresh sysroot -> v_k (setup), then the measured update to v_k+1; ``runs`` times."""
-    old_ref, new_ref = reg.ref(repo, old_tag), reg.ref(repo, new_tag)
-    clamps = expected_clamps(new_src, EPOCH)
-    runs_out: list[dict[str, Any]] = []
-    unchanged: dict[str, Any] = {}
-    setup: dict[str, Any] = {}
-    for i in range(runs):
-        sysroot = work / f"sysroot-{i}"
-        shutil.rmtree(sysroot, ignore_errors=True)
-        mark = reg.access_offset()
+@dataclass(frozen=True)
+class Step:
+    """One update step as pushed to the registry: repos, tags, the new tree."""
+
+    reg: RunningRegistry
+    series: str
+    old_tag: str
+    new_tag: str
+    old_src: Path
+    new_src: Path
+    configs: frozenset[str]
+
+    def wire_since(self, mark: int) -> Wire:
+        return wire_of(self.reg.access_entries(mark), set(self.configs))
+
+
+def chunkah_run(step: Step, sysroot: Path, clamps: Any, first: bool) -> dict[str, Any]:
+    """Fresh sysroot -> v_k (setup), then the measured ``chunkah update`` to v_k+1.
+
+    The first run also checks the tree and updates to the same image once more.
+    """
+    repo = f"chunkah/{step.series}"
+    old_ref, new_ref = step.reg.ref(repo, step.old_tag), step.reg.ref(repo, step.new_tag)
+
+    def update(ref: str) -> tuple[Measured, Wire]:
+        mark = step.reg.access_offset()
         m = run_measured(
-            chunkah_cmd("update", old_ref, "--sysroot", sysroot, "--plain-http", "--json", "-q"),
+            chunkah_cmd("update", ref, "--sysroot", sysroot, "--plain-http", "--json", "-q"),
             timeout=PULL_TIMEOUT,
         ).check()
-        if i == 0:
-            w = wire_of(reg.access_entries(mark), configs)
-            setup = {"seconds": m.seconds, "maxrss_mib": m.maxrss_mib, "wire": w.to_json()}
-        mark = reg.access_offset()
-        m = run_measured(
-            chunkah_cmd("update", new_ref, "--sysroot", sysroot, "--plain-http", "--json", "-q"),
-            timeout=PULL_TIMEOUT,
-        ).check()
-        w = wire_of(reg.access_entries(mark), configs)
+        return m, step.wire_since(mark)
+
+    shutil.rmtree(sysroot, ignore_errors=True)
+    try:
+        m, w = update(old_ref)
+        setup = {"seconds": m.seconds, "maxrss_mib": m.maxrss_mib, "wire": w.to_json()}
+        m, w = update(new_ref)
         report = json.loads(m.stdout)
         run: dict[str, Any] = {
             "seconds": m.seconds,
@@ -387,31 +391,25 @@ def measure_chunkah(
             "wire": w.to_json(),
             "reported": {k: report.get(k) for k in ("fetched_bytes", "requests", "seconds")},
             "phases": report.get("phases"),
+            "setup_to_old": setup,
         }
-        if i == 0:
+        if first:
             run["plan"] = report.get("plan")
             current = os.path.realpath(sysroot / "current")
-            run["tree"] = tree_verdict(diff_trees(new_src, current, mtime_clamp=clamps))
+            run["tree"] = tree_verdict(diff_trees(step.new_src, current, mtime_clamp=clamps))
             # The same image again: manifest (and config) only, TOCs from the cache.
-            mark = reg.access_offset()
-            again = run_measured(
-                chunkah_cmd(
-                    "update", new_ref, "--sysroot", sysroot, "--plain-http", "--json", "-q"
-                ),
-                timeout=PULL_TIMEOUT,
-            ).check()
-            wa = wire_of(reg.access_entries(mark), configs)
+            again, wa = update(new_ref)
             kinds = {k.split(" ", 1)[1] for k in wa.by_kind}
-            unchanged = {
+            run["unchanged"] = {
                 "seconds": again.seconds,
                 "maxrss_mib": again.maxrss_mib,
                 "wire": wa.to_json(),
                 "reported": json.loads(again.stdout),
                 "only_manifest_and_config": kinds <= {"manifest", "config"},
             }
-        runs_out.append(run)
+        return run
+    finally:
         shutil.rmtree(sysroot, ignore_errors=True)
-    return {"setup_to_old": setup, "runs": runs_out, "unchanged": unchanged}
 
 
 def podman_pull(storage: Any, ref: str) -> Measured:
@@ -422,58 +420,63 @@ def podman_pull(storage: Any, ref: str) -> Measured:
     ).check()
 
 
-def measure_podman(
-    reg: RunningRegistry,
-    repo: str,
-    old_tag: str,
-    new_tag: str,
-    new_src: Path,
-    configs: set[str],
-    work: Path,
-    runs: int,
-) -> dict[str, Any]:
-    old_ref, new_ref = f"{reg.host}/{repo}:{old_tag}", f"{reg.host}/{repo}:{new_tag}"
-    partial: list[dict[str, Any]] = []
-    full: list[dict[str, Any]] = []
-    for i in range(runs):
-        storage = make_storage(work / f"podman-{i}", driver="overlay", partial_pulls=True)
-        try:
-            podman_pull(storage, old_ref)
-            mark = reg.access_offset()
-            m = podman_pull(storage, new_ref)
-            w = wire_of(reg.access_entries(mark), configs)
-            run: dict[str, Any] = {"seconds": m.seconds, "maxrss_mib": m.maxrss_mib}
-            run["wire"] = w.to_json()
-            if i == 0:
-                image = m.stdout.strip().splitlines()[-1]
-                with storage.mounted(image) as root:
-                    # podman 4.3.1's partial pull sets every mtime to the pull time.
-                    diffs = diff_trees(new_src, root, ignore=(".",), check_mtime=False)
-                run["tree"] = tree_verdict(diffs)
-                run["tree"]["owner_to_root"] = sum(
-                    d.startswith("owner differs") and d.endswith("!= 0:0") for d in diffs
-                )
-            partial.append(run)
-        finally:
-            storage.close()
-        storage = make_storage(work / f"podman-full-{i}", driver="overlay", partial_pulls=True)
-        try:
-            mark = reg.access_offset()
-            m = podman_pull(storage, new_ref)
-            w = wire_of(reg.access_entries(mark), configs)
-            full.append({"seconds": m.seconds, "maxrss_mib": m.maxrss_mib, "wire": w.to_json()})
-        finally:
-            storage.close()
-    return {"partial": partial, "full": full}
+def podman_run(step: Step, work: Path, first: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(partial pull of v_k+1 onto a fresh storage holding v_k, full pull of v_k+1)."""
+    repo = f"{step.reg.host}/podman/{step.series}"
+    old_ref, new_ref = f"{repo}:{step.old_tag}", f"{repo}:{step.new_tag}"
+    storage = make_storage(work / "podman-partial", driver="overlay", partial_pulls=True)
+    try:
+        podman_pull(storage, old_ref)
+        mark = step.reg.access_offset()
+        m = podman_pull(storage, new_ref)
+        partial: dict[str, Any] = {
+            "seconds": m.seconds,
+            "maxrss_mib": m.maxrss_mib,
+            "wire": step.wire_since(mark).to_json(),
+        }
+        if first:
+            image = m.stdout.strip().splitlines()[-1]
+            with storage.mounted(image) as root:
+                # podman 4.3.1's partial pull sets every mtime to the pull time.
+                diffs = diff_trees(step.new_src, root, ignore=(".",), check_mtime=False)
+            partial["tree"] = tree_verdict(diffs)
+            partial["tree"]["owner_to_root"] = sum(
+                d.startswith("owner differs") and d.endswith("!= 0:0") for d in diffs
+            )
+    finally:
+        storage.close()
+    storage = make_storage(work / "podman-full", driver="overlay", partial_pulls=True)
+    try:
+        mark = step.reg.access_offset()
+        m = podman_pull(storage, new_ref)
+        full = {
+            "seconds": m.seconds,
+            "maxrss_mib": m.maxrss_mib,
+            "wire": step.wire_since(mark).to_json(),
+        }
+    finally:
+        storage.close()
+    return partial, full
 
 
 _HTTP_LOG = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3})')
 
 
-def measure_casync(old_src: Path, new_src: Path, work: Path, runs: int) -> dict[str, Any]:
-    """casync make (v_k+1) into a store over HTTP, then seeded extracts of v_k+1."""
+@dataclass
+class CasyncServer:
+    """v_k+1's casync index and chunk store under ``root``, served over HTTP."""
+
+    root: Path
+    port: int
+    log_path: Path
+    make_seconds: float
+
+
+@contextlib.contextmanager
+def casync_served(new_src: Path, work: Path) -> Iterator[CasyncServer]:
+    """``casync make`` of the new tree, then ``python -m http.server`` over it (stopped after)."""
     if shutil.which("casync") is None:
-        return {"error": "casync is not installed (apt-get install casync failed or not run)"}
+        raise ToolError("casync is not installed (apt-get install casync)")
     root = work / "casync"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
@@ -482,72 +485,17 @@ def measure_casync(old_src: Path, new_src: Path, work: Path, runs: int) -> dict[
         timeout=BUILD_TIMEOUT,
     )
     if make.returncode != 0:
-        return {"error": f"casync make failed ({make.returncode}): {make.stderr[-2000:]}"}
+        raise ToolError(f"casync make failed ({make.returncode}): {make.stderr[-2000:]}")
     port = free_port()
     log_path = work / "casync-http.log"
+    argv = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
     with open(log_path, "wb") as log:
         server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "http.server",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--directory",
-                str(root),
-            ],
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
+            [*argv, "--directory", str(root)], stdout=log, stderr=log, stdin=subprocess.DEVNULL
         )
-    out: dict[str, Any] = {"make_seconds": make.seconds, "runs": []}
     try:
         _wait_http(f"http://127.0.0.1:{port}/new.caidx", server)
-        for i in range(runs):
-            dest = work / f"casync-out-{i}"
-            shutil.rmtree(dest, ignore_errors=True)
-            before = log_path.stat().st_size
-            m = run_measured(
-                [
-                    "casync",
-                    "extract",
-                    f"--store=http://127.0.0.1:{port}/store",
-                    f"--seed={old_src}/",
-                    f"http://127.0.0.1:{port}/new.caidx",
-                    f"{dest}/",
-                ],
-                timeout=PULL_TIMEOUT,
-            )
-            time.sleep(0.2)  # let the server write its last log lines
-            with open(log_path, "rb") as f:
-                f.seek(before)
-                lines = f.read().decode("utf-8", "replace").splitlines()
-            requests = nbytes = 0
-            statuses: dict[str, int] = {}
-            for line in lines:
-                hit = _HTTP_LOG.search(line)
-                if hit is None:
-                    continue
-                requests += 1
-                statuses[hit["status"]] = statuses.get(hit["status"], 0) + 1
-                path = root / hit["path"].split("?", 1)[0].lstrip("/")
-                if hit["status"] == "200" and hit["method"] == "GET" and path.is_file():
-                    nbytes += path.stat().st_size
-            run: dict[str, Any] = {
-                "seconds": m.seconds,
-                "maxrss_mib": m.maxrss_mib,
-                "requests": requests,
-                "bytes": nbytes,
-                "statuses": statuses,
-                "returncode": m.returncode,
-            }
-            if m.returncode != 0:
-                run["error"] = m.stderr[-2000:]
-            elif i == 0:
-                run["tree"] = tree_verdict(diff_trees(new_src, dest))
-            out["runs"].append(run)
-            shutil.rmtree(dest, ignore_errors=True)
+        yield CasyncServer(root, port, log_path, make.seconds)
     finally:
         server.terminate()
         try:
@@ -556,9 +504,95 @@ def measure_casync(old_src: Path, new_src: Path, work: Path, runs: int) -> dict[
             server.kill()
             server.wait(timeout=10)
         shutil.rmtree(root, ignore_errors=True)
-    if out["runs"] and all(r["returncode"] != 0 for r in out["runs"]):
-        out["error"] = "casync extract failed: " + out["runs"][0].get("error", "")[-500:]
-    return out
+
+
+def casync_run(srv: CasyncServer, step: Step, work: Path, first: bool) -> dict[str, Any]:
+    """One seeded extract of v_k+1 (seed: the v_k tree); requests from the server's log."""
+    dest = work / "casync-out"
+    shutil.rmtree(dest, ignore_errors=True)
+    base = f"http://127.0.0.1:{srv.port}"
+    before = srv.log_path.stat().st_size
+    try:
+        m = run_measured(
+            ["casync", "extract", f"--store={base}/store", f"--seed={step.old_src}/",
+             f"{base}/new.caidx", f"{dest}/"],
+            timeout=PULL_TIMEOUT,
+        )  # fmt: skip
+        time.sleep(0.2)  # let the server write its last log lines
+        with open(srv.log_path, "rb") as f:
+            f.seek(before)
+            lines = f.read().decode("utf-8", "replace").splitlines()
+        requests = nbytes = 0
+        statuses: dict[str, int] = {}
+        for line in lines:
+            hit = _HTTP_LOG.search(line)
+            if hit is None:
+                continue
+            requests += 1
+            statuses[hit["status"]] = statuses.get(hit["status"], 0) + 1
+            path = srv.root / hit["path"].split("?", 1)[0].lstrip("/")
+            if hit["status"] == "200" and hit["method"] == "GET" and path.is_file():
+                nbytes += path.stat().st_size  # http.server logs no sizes
+        run: dict[str, Any] = {
+            "seconds": m.seconds,
+            "maxrss_mib": m.maxrss_mib,
+            "requests": requests,
+            "bytes": nbytes,
+            "statuses": statuses,
+            "returncode": m.returncode,
+        }
+        if m.returncode != 0:
+            run["error"] = m.stderr[-2000:]
+        elif first:
+            run["tree"] = tree_verdict(diff_trees(step.new_src, dest))
+        return run
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
+
+
+def measure_step(step: Step, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """All methods, run after run interleaved, so that a busy machine hurts them alike."""
+    clamps = expected_clamps(step.new_src, EPOCH)
+    chunkah: list[dict[str, Any]] = []
+    podman: dict[str, Any] = (
+        {"error": "skipped (--skip-podman)"} if args.skip_podman else {"partial": [], "full": []}
+    )
+    casync: dict[str, Any] = (
+        {"error": "skipped (--skip-casync)"} if args.skip_casync else {"runs": []}
+    )
+    with contextlib.ExitStack() as stack:
+        srv: CasyncServer | None = None
+        if "error" not in casync:
+            try:
+                srv = stack.enter_context(casync_served(step.new_src, work))
+                casync["make_seconds"] = srv.make_seconds
+            except ToolError as exc:
+                casync = {"error": str(exc)[:3000]}
+        for i in range(args.runs):
+            chunkah.append(chunkah_run(step, work / "sysroot", clamps, first=i == 0))
+            if "error" not in podman:
+                try:
+                    partial, full = podman_run(step, work, first=i == 0)
+                    podman["partial"].append(partial)
+                    podman["full"].append(full)
+                except ToolError as exc:
+                    podman = {"error": str(exc)[:3000]}
+            if srv is not None and "error" not in casync:
+                casync["runs"].append(casync_run(srv, step, work, first=i == 0))
+            print(f"  run {i + 1}/{args.runs} done", file=sys.stderr, flush=True)
+    ok = [r for r in casync.get("runs", []) if r["returncode"] == 0]
+    if casync.get("runs") and not ok:
+        casync["error"] = "casync extract failed: " + casync["runs"][0].get("error", "")[-500:]
+    first = chunkah[0]
+    return {
+        "chunkah": {
+            "runs": chunkah,
+            "setup_to_old": first["setup_to_old"],
+            "unchanged": first["unchanged"],
+        },
+        "podman": podman,
+        "casync": casync,
+    }
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
@@ -660,42 +694,13 @@ def run_series(name: str, args: argparse.Namespace, work: Path) -> list[dict[str
                     "total": est.total,
                 },
             }
-            res["chunkah"] = measure_chunkah(
-                reg,
-                f"chunkah/{name}",
-                old_tag,
-                new_tag,
-                dirs[k],
-                configs,
-                swork / "chunkah-host",
-                args.runs,
+            res.update(
+                measure_step(
+                    Step(reg, name, old_tag, new_tag, dirs[k - 1], dirs[k], frozenset(configs)),
+                    args,
+                    swork / "host",
+                )
             )
-            print("  chunkah done", file=sys.stderr, flush=True)
-            if args.skip_podman:
-                res["podman"] = {"error": "skipped (--skip-podman)"}
-            else:
-                try:
-                    res["podman"] = measure_podman(
-                        reg,
-                        f"podman/{name}",
-                        old_tag,
-                        new_tag,
-                        dirs[k],
-                        configs,
-                        swork / "podman",
-                        args.runs,
-                    )
-                except ToolError as exc:
-                    res["podman"] = {"error": str(exc)[:3000]}
-            print("  podman done", file=sys.stderr, flush=True)
-            if args.skip_casync:
-                res["casync"] = {"error": "skipped (--skip-casync)"}
-            else:
-                try:
-                    res["casync"] = measure_casync(dirs[k - 1], dirs[k], swork, args.runs)
-                except ToolError as exc:
-                    res["casync"] = {"error": str(exc)[:3000]}
-            print("  casync done", file=sys.stderr, flush=True)
             results.append(res)
     finally:
         reg.stop()
@@ -871,6 +876,9 @@ def main() -> None:
     ap.add_argument("--skip-podman", action="store_true")
     ap.add_argument("--skip-casync", action="store_true")
     ap.add_argument("--workdir", type=Path, help="keep images here (default: a temp dir)")
+    ap.add_argument(
+        "--name", default="bench_update", help="results file names: benchmarks/results/NAME.*"
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: Debian series, podman overlay partial pulls, casync")
@@ -910,9 +918,9 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "bench_update.md").write_text(text)
+    (RESULTS_DIR / f"{args.name}.md").write_text(text)
     write_json(
-        "bench_update",
+        args.name,
         {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}, "results": results},
     )
 
