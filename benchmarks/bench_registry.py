@@ -689,9 +689,12 @@ def report(
     info = machine_info()
     lines = [
         f"Registry transfers over loopback, {info['date']}, {info['cpu']} ({info['cores']} cores), "
-        f"Python {info['python']}; medians of {args.runs} runs (whole blob) and "
-        f"{args.range_runs} (ranges); 1-min load average "
-        f"{load[0]:.2f} → {load[1]:.2f}.",
+        f"Python {info['python']}; medians of "
+        + " and ".join(
+            [f"{args.runs} runs (whole blob)"] * bool(whole)
+            + [f"{args.range_runs} runs (ranges)"] * bool(ranges_rows)
+        )
+        + f"; 1-min load average {load[0]:.2f} → {load[1]:.2f}.",
         "",
     ]
     if whole:
