@@ -112,6 +112,9 @@ def update_bytes(old: list[BuiltLayer], new: list[BuiltLayer]) -> tuple[int, int
 
 
 SETTINGS = {
+    "default: 16/64/256 inline32K pack192K L16": ChunkedSettings(
+        16, CdcSettings(16 << 10, 64 << 10, 256 << 10), 32 << 10, 192 << 10
+    ),
     "16/64/256 inline16K pack64K L3": ChunkedSettings(
         3, CdcSettings(16 << 10, 64 << 10, 256 << 10), 16 << 10, 64 << 10
     ),

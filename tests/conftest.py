@@ -20,6 +20,10 @@ from support.registry import RunningRegistry, start_registry
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "needs_root: the test needs uid 0 (devices, owners)")
+    # Builds in tests use a fast zstd level (the default, 16, is tuned for fetch size,
+    # not speed); the level changes sizes, never correctness.  A test that needs the
+    # default clears the variable itself.
+    os.environ.setdefault("CHUNKAH_ZSTD_LEVEL", "3")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
