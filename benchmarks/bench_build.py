@@ -65,6 +65,9 @@ def main() -> None:
     ap.add_argument("--rootfs", type=Path, help="use this directory instead of a recipe")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument(
+        "--max-layers", type=int, default=1, help="1: a single layer (issue 3); 64: packed"
+    )
     args = ap.parse_args()
     root = args.rootfs or rootfs_for(args.recipe)
     size, entries = tree_bytes(root)

@@ -6,6 +6,7 @@ mask with n effective bits, spread out as in fastcdc-rs.  Matching them exactly 
 what makes our cut points interoperate with those implementations.
 """
 
+# fmt: off
 GEAR: tuple[int, ...] = (
     0x3B5D3C7D207E37DC, 0x784D68BA91123086, 0xCD52880F882E7298, 0xEACF8E4E19FDCCA7,
     0xC31F385DFBD1632B, 0x1D5F27001E25ABE6, 0x83130BDE3C9AD991, 0xC4B225676E9B7649,
@@ -102,3 +103,4 @@ MASKS: tuple[int, ...] = (
     0x0000D93777577000,
     0x0000DB3777577000,
 )
+# fmt: on

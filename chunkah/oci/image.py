@@ -121,8 +121,7 @@ def select_manifest(
         candidates = [
             d
             for d in index.manifests
-            if "artifactType" not in d.extra
-            and not _REFERRERS_TAG.fullmatch(d.ref_name or "")
+            if "artifactType" not in d.extra and not _REFERRERS_TAG.fullmatch(d.ref_name or "")
         ]
         if not candidates:
             raise ImageNotFoundError(f"{where}: the layout holds no image")
