@@ -35,15 +35,25 @@ EPOCH = "1700000000"
 
 
 def series_last(name: str) -> Path:
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks/series.py"), name],
-                         check=True, capture_output=True, text=True, timeout=3600)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/series.py"), name],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     return Path(out.stdout.split()[-1])
 
 
 def chunkah(*args: str) -> dict:
     env = dict(os.environ, SOURCE_DATE_EPOCH=EPOCH)
-    proc = subprocess.run([sys.executable, "-m", "chunkah", *args, "--json"], capture_output=True, text=True,
-                          env=env, timeout=3600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "chunkah", *args, "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=3600,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"chunkah {' '.join(args)} failed:\n{proc.stderr}")
     return json.loads(proc.stdout)
@@ -57,7 +67,9 @@ def layer_tar_zstd3(layout: Path, tag: str) -> tuple[int, int]:
     total = plain = 0
     for i in range(len(image.layers)):
         with image.open_layer(i) as f:
-            proc = subprocess.Popen(["zstd", "-3", "-q", "-c"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            proc = subprocess.Popen(
+                ["zstd", "-3", "-q", "-c"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            )
             assert proc.stdin is not None and proc.stdout is not None
             import threading
 
@@ -99,43 +111,118 @@ def main() -> None:
     size_rows, speed_rows, results = [], [], []
     for name in args.series.split(","):
         root = series_last(name)
-        with tempfile.TemporaryDirectory(prefix="bench-convert-", dir=REPO / "benchmarks/results") as tmp_name:
+        with tempfile.TemporaryDirectory(
+            prefix="bench-convert-", dir=REPO / "benchmarks/results"
+        ) as tmp_name:
             tmp = Path(tmp_name)
-            ours = chunkah("build", str(root), "-o", f"oci:{tmp}/ours:x")
+            chunkah("build", str(root), "-o", f"oci:{tmp}/ours:x")
             ours_bytes, toc_bytes = blob_sizes(tmp / "ours", "x")
             z3, plain = layer_tar_zstd3(tmp / "ours", "x")
-            chunkah("build", str(root), "-o", f"oci:{tmp}/gz:x", "--max-layers", "1", "--compression", "gzip",
-                    "--level", "6")
+            chunkah(
+                "build",
+                str(root),
+                "-o",
+                f"oci:{tmp}/gz:x",
+                "--max-layers",
+                "1",
+                "--compression",
+                "gzip",
+                "--level",
+                "6",
+            )
             gz_bytes, _ = blob_sizes(tmp / "gz", "x")
             Path("/var/lib/containers/cache/blob-info-cache-v1.boltdb").unlink(missing_ok=True)
-            zc = subprocess.run(["skopeo", "--insecure-policy", "copy", "--dest-compress-format", "zstd:chunked",
-                                 f"oci:{tmp}/gz:x", f"oci:{tmp}/zc:x"], capture_output=True, text=True, timeout=3600)
+            zc = subprocess.run(
+                [
+                    "skopeo",
+                    "--insecure-policy",
+                    "copy",
+                    "--dest-compress-format",
+                    "zstd:chunked",
+                    f"oci:{tmp}/gz:x",
+                    f"oci:{tmp}/zc:x",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=3600,
+            )
             zc_bytes = blob_sizes(tmp / "zc", "x")[0] if zc.returncode == 0 else None
-            size_rows.append([name, f"{plain / 1e6:.1f}", f"{ours_bytes / 1e6:.2f}", f"{z3 / 1e6:.2f}",
-                              f"{ours_bytes / z3:.3f}x", f"{100 * toc_bytes / ours_bytes:.2f} %",
-                              f"{gz_bytes / 1e6:.2f}", f"{zc_bytes / 1e6:.2f}" if zc_bytes else "failed: " + zc.stderr[-80:]])
+            size_rows.append(
+                [
+                    name,
+                    f"{plain / 1e6:.1f}",
+                    f"{ours_bytes / 1e6:.2f}",
+                    f"{z3 / 1e6:.2f}",
+                    f"{ours_bytes / z3:.3f}x",
+                    f"{100 * toc_bytes / ours_bytes:.2f} %",
+                    f"{gz_bytes / 1e6:.2f}",
+                    f"{zc_bytes / 1e6:.2f}" if zc_bytes else "failed: " + zc.stderr[-80:],
+                ]
+            )
             speeds = {}
             for workers in (1, 2):
                 times = []
                 for i in range(args.runs):
                     out = tmp / f"conv{workers}-{i}"
                     t0 = time.perf_counter()
-                    chunkah("build", f"oci:{tmp}/gz:x", "-o", f"oci:{out}:x", "--level", "3", "--workers", str(workers))
+                    chunkah(
+                        "build",
+                        f"oci:{tmp}/gz:x",
+                        "-o",
+                        f"oci:{out}:x",
+                        "--level",
+                        "3",
+                        "--workers",
+                        str(workers),
+                    )
                     times.append(time.perf_counter() - t0)
                     shutil.rmtree(out)
                 speeds[workers] = plain / statistics.median(times) / 1e6
-            speed_rows.append([name, f"{plain / 1e6:.1f}", f"{speeds[1]:.0f}", f"{speeds[2]:.0f}",
-                               f"{speeds[2] / speeds[1]:.2f}x"])
-            results.append({"series": name, "uncompressed": plain, "chunkah": ours_bytes, "toc": toc_bytes,
-                            "zstd3_per_layer": z3, "gzip6_single": gz_bytes, "zstd_chunked_single": zc_bytes,
-                            "convert_mb_s": speeds})
+            speed_rows.append(
+                [
+                    name,
+                    f"{plain / 1e6:.1f}",
+                    f"{speeds[1]:.0f}",
+                    f"{speeds[2]:.0f}",
+                    f"{speeds[2] / speeds[1]:.2f}x",
+                ]
+            )
+            results.append(
+                {
+                    "series": name,
+                    "uncompressed": plain,
+                    "chunkah": ours_bytes,
+                    "toc": toc_bytes,
+                    "zstd3_per_layer": z3,
+                    "gzip6_single": gz_bytes,
+                    "zstd_chunked_single": zc_bytes,
+                    "convert_mb_s": speeds,
+                }
+            )
         print(f"  done {name}", file=sys.stderr)
     info = machine_info()
     print(f"Fresh-pull sizes (MB); {info['date']}, {info['cpu']}")
-    print(markdown_table(["image", "uncompressed", "chunkah (default)", "zstd -3 per layer", "ratio", "TOC share",
-                          "gzip -6 (1 layer)", "skopeo zstd:chunked (1 layer)"], size_rows))
+    print(
+        markdown_table(
+            [
+                "image",
+                "uncompressed",
+                "chunkah (default)",
+                "zstd -3 per layer",
+                "ratio",
+                "TOC share",
+                "gzip -6 (1 layer)",
+                "skopeo zstd:chunked (1 layer)",
+            ],
+            size_rows,
+        )
+    )
     print(f"\nConversion oci:IN (gzip, 1 layer) -> chunked, zstd level 3, median of {args.runs}")
-    print(markdown_table(["image", "input MB", "1 worker MB/s", "2 workers MB/s", "speed-up"], speed_rows))
+    print(
+        markdown_table(
+            ["image", "input MB", "1 worker MB/s", "2 workers MB/s", "speed-up"], speed_rows
+        )
+    )
     path = write_json("bench_convert", {"machine": info, "results": results})
     print(f"JSON: {path}")
 
