@@ -25,6 +25,7 @@ __all__ = [
     "Entry",
     "EntryType",
     "FileContent",
+    "MemoryContent",
     "RangeContent",
     "SpooledContent",
     "Tree",
@@ -163,6 +164,25 @@ class EmptyContent(Content):
 
     def describe(self) -> str:
         return "empty"
+
+
+@dataclass(frozen=True, eq=False)
+class MemoryContent(Content):
+    """A small file's bytes, kept in memory by a reader under a fixed budget.
+
+    The one exception to "no content in memory": spooling thousands of tiny files to
+    disk costs more than the files themselves; readers cap the total (see
+    tar_reader.MEMORY_SPOOL_BUDGET), so memory stays bounded.
+    """
+
+    data: bytes
+    size: int
+
+    def open(self) -> BinaryIO:
+        return io.BytesIO(self.data)
+
+    def describe(self) -> str:
+        return f"{self.size} bytes in memory"
 
 
 @dataclass(frozen=True, slots=True)

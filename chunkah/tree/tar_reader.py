@@ -21,6 +21,7 @@ from chunkah.tree.model import (
     EmptyContent,
     Entry,
     EntryType,
+    MemoryContent,
     RangeContent,
     SpooledContent,
     Tree,
@@ -104,14 +105,29 @@ def header_entry(ti: tarfile.TarInfo, path: bytes, etype: EntryType) -> Entry:
     )
 
 
+# Files up to MEMORY_SPOOL_FILE bytes are kept in memory while the total stays under
+# MEMORY_SPOOL_BUDGET: creating, reopening and deleting one spool file per tiny member
+# cost a third of a conversion's time (measured on a 280 MB Debian image).
+MEMORY_SPOOL_FILE = 64 << 10
+MEMORY_SPOOL_BUDGET = 96 << 20
+
+
 class _Spool:
-    """Numbered files in a private subdirectory of the caller's spool dir."""
+    """Numbered files in a private subdirectory of the caller's spool dir, and small
+    files in memory within a fixed budget."""
 
     def __init__(self, spool_dir: str | os.PathLike[str]) -> None:
         self.dir = os.fsencode(tempfile.mkdtemp(prefix="tar-", dir=spool_dir))
         self._counter = itertools.count()
+        self._memory_left = MEMORY_SPOOL_BUDGET
 
-    def copy(self, src: IO[bytes], size: int, name: bytes) -> SpooledContent:
+    def copy(self, src: IO[bytes], size: int, name: bytes) -> SpooledContent | MemoryContent:
+        if size <= MEMORY_SPOOL_FILE and size <= self._memory_left:
+            data = src.read(size)
+            if len(data) != size:
+                raise TarFormatError(f"{show_path(name)}: archive ends inside the file content")
+            self._memory_left -= size
+            return MemoryContent(data, size)
         path = self.dir + b"/%d" % next(self._counter)
         left = size
         buf = bytearray(min(_BLOCK, size))
