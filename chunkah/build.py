@@ -175,6 +175,8 @@ def open_source(source: str, options: BuildOptions) -> Iterator[SourceImage]:
 def _run_registry(
     job: Callable[[RegistryClient], Awaitable[object]], options: BuildOptions
 ) -> None:
+    from chunkah.registry.client import RegistryClient  # aiohttp only when a registry is used
+
     async def go() -> None:
         async with RegistryClient(
             plain_http=options.plain_http, tls_verify=options.tls_verify
