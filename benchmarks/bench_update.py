@@ -608,6 +608,24 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 10.0) -
     raise ToolError(f"http.server did not answer {url} within {timeout:g}s")
 
 
+def code_state() -> str:
+    """HEAD plus a hash of uncommitted changes under chunkah/: the code being measured.
+
+    The working tree is shared; a change in the middle of a run would mix builds made
+    by different code (every layer then differs), so main() compares it before and after.
+    """
+    import hashlib
+
+    def git(*a: str) -> bytes:
+        return subprocess.run(
+            ["git", "-C", str(REPO), *a], capture_output=True, timeout=60, check=False
+        ).stdout
+
+    head = git("rev-parse", "--short", "HEAD").decode().strip()
+    dirty = git("diff", "HEAD", "--", "chunkah")
+    return head + (f"+dirty-{hashlib.sha256(dirty).hexdigest()[:8]}" if dirty else "")
+
+
 # --- one series ----------------------------------------------------------------------
 
 
@@ -884,6 +902,7 @@ def main() -> None:
         raise SystemExit("run as root: Debian series, podman overlay partial pulls, casync")
 
     load_before = os.getloadavg()[0]
+    code_before = code_state()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_update-", dir="/var/tmp"))
     work.mkdir(parents=True, exist_ok=True)
     results: list[dict[str, Any]] = []
@@ -895,6 +914,10 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
     info = machine_info()
+    code_after = code_state()
+    info["chunkah_code"] = code_before
+    if code_after != code_before:
+        info["chunkah_code_after"] = code_after
     lines = [
         "# Host updates side by side (bench_update)",
         "",
@@ -905,6 +928,12 @@ def main() -> None:
         f"chunkah images: `chunkah build` defaults{f', --level {args.level}' if args.level else ''}; "
         f"podman images: `chunkah build --compression gzip --max-layers {args.podman_max_layers}`"
         " then `skopeo copy --dest-compress-format zstd:chunked`.",
+        f"chunkah code: {code_before}"
+        + (
+            f" -> **{code_after}: the code changed during the run; builds may mix versions**"
+            if code_after != code_before
+            else " (unchanged during the run)."
+        ),
         "Per-file CDC estimate: distinct chunks (by sha256) of v_k+1's new layers that no "
         "chunk of v_k has, each compressed alone with zstd -3, plus the TOC frames of those "
         "layers (no manifest/config).",
