@@ -1,11 +1,5 @@
 #include "fastcdc.h"
 
-/* Matches are rare (one in avg_size bytes): keep the loop body branch-predicted. */
-#if defined(__GNUC__)
-#define RARELY(x) __builtin_expect(!!(x), 0)
-#else
-#define RARELY(x) (x)
-#endif
 
 /* Length of the chunk that starts at src, as FastCDC-2020 (fastcdc-rs v2020,
  * pyfastcdc 0.3) defines it: the hash restarts at zero at min_size rounded down
@@ -29,18 +23,18 @@ static size_t cut_one(const chunkah_cdc_params *p, const uint8_t *src, size_t re
 
     for (; pos < mid; pos += 2) {
         hash = (hash << 2) + gear_ls[src[pos]];
-        if (RARELY(!(hash & mask_s_ls)))
+        if (!(hash & mask_s_ls))
             return pos;
         hash += gear[src[pos + 1]];
-        if (RARELY(!(hash & mask_s)))
+        if (!(hash & mask_s))
             return pos + 1;
     }
     for (; pos < end; pos += 2) {
         hash = (hash << 2) + gear_ls[src[pos]];
-        if (RARELY(!(hash & mask_l_ls)))
+        if (!(hash & mask_l_ls))
             return pos;
         hash += gear[src[pos + 1]];
-        if (RARELY(!(hash & mask_l)))
+        if (!(hash & mask_l))
             return pos + 1;
     }
     return remaining;
