@@ -609,21 +609,25 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 10.0) -
 
 
 def code_state() -> str:
-    """HEAD plus a hash of uncommitted changes under chunkah/: the code being measured.
+    """HEAD and a hash of the files under chunkah/ as they are on disk: the code measured.
 
     The working tree is shared; a change in the middle of a run would mix builds made
-    by different code (every layer then differs), so main() compares it before and after.
+    by different code (every layer then differs), so main() compares the content hash
+    before and after (a commit of the same content is no change).
     """
     import hashlib
 
-    def git(*a: str) -> bytes:
+    def git(*a: str) -> str:
         return subprocess.run(
-            ["git", "-C", str(REPO), *a], capture_output=True, timeout=60, check=False
+            ["git", "-C", str(REPO), *a], capture_output=True, text=True, timeout=60, check=False
         ).stdout
 
-    head = git("rev-parse", "--short", "HEAD").decode().strip()
-    dirty = git("diff", "HEAD", "--", "chunkah")
-    return head + (f"+dirty-{hashlib.sha256(dirty).hexdigest()[:8]}" if dirty else "")
+    h = hashlib.sha256()
+    for name in sorted(git("ls-files", "chunkah").split()):
+        path = REPO / name
+        h.update(name.encode() + b"\0")
+        h.update(path.read_bytes() if path.is_file() else b"<missing>")
+    return f"{git('rev-parse', '--short', 'HEAD').strip()} (chunkah/ content {h.hexdigest()[:12]})"
 
 
 # --- one series ----------------------------------------------------------------------
@@ -916,7 +920,8 @@ def main() -> None:
     info = machine_info()
     code_after = code_state()
     info["chunkah_code"] = code_before
-    if code_after != code_before:
+    changed = code_after.split(" ", 1)[1] != code_before.split(" ", 1)[1]
+    if changed:
         info["chunkah_code_after"] = code_after
     lines = [
         "# Host updates side by side (bench_update)",
@@ -931,7 +936,7 @@ def main() -> None:
         f"chunkah code: {code_before}"
         + (
             f" -> **{code_after}: the code changed during the run; builds may mix versions**"
-            if code_after != code_before
+            if changed
             else " (unchanged during the run)."
         ),
         "Per-file CDC estimate: distinct chunks (by sha256) of v_k+1's new layers that no "
