@@ -265,7 +265,8 @@ class BlobWriter:
             self.abort()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` in one rename (temp file beside it)."""
     fd, name = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -314,10 +315,10 @@ class OciLayout:
             )
         p.mkdir(parents=True, exist_ok=True)
         (p / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
-        _atomic_write(
+        atomic_write(
             p / "oci-layout", canonical_json({"imageLayoutVersion": mt.OCI_LAYOUT_VERSION})
         )
-        _atomic_write(p / "index.json", Index().to_json())
+        atomic_write(p / "index.json", Index().to_json())
         return cls(p)
 
     # -- blobs --
@@ -376,7 +377,7 @@ class OciLayout:
         return Index.from_json(data)
 
     def write_index(self, index: Index) -> None:
-        _atomic_write(self.path / "index.json", index.to_json())
+        atomic_write(self.path / "index.json", index.to_json())
 
     def tags(self) -> list[str]:
         return sorted({d.ref_name for d in self.read_index().manifests if d.ref_name})

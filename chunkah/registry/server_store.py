@@ -42,6 +42,7 @@ from chunkah.oci import (
     OciLayout,
     canonical_json,
 )
+from chunkah.oci.layout import atomic_write
 
 __all__ = [
     "MANIFEST_MEDIA_TYPES",
@@ -161,19 +162,6 @@ def manifest_info(body: bytes, declared_type: str | None = None) -> ManifestInfo
     )
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, name = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(name, 0o644)
-        os.replace(name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name)
-        raise
-
-
 class RepoStore:
     """One repository: an OCI layout plus the server's state beside it.
 
@@ -200,9 +188,9 @@ class RepoStore:
         (self.path / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         (self.state / "uploads").mkdir(parents=True, exist_ok=True)
         if not (self.path / "index.json").exists():
-            _atomic_write(self.path / "index.json", Index().to_json())
+            atomic_write(self.path / "index.json", Index().to_json())
         # oci-layout last: its presence is what makes the repository exist.
-        _atomic_write(
+        atomic_write(
             self.path / "oci-layout", canonical_json({"imageLayoutVersion": OCI_LAYOUT_VERSION})
         )
 
@@ -418,7 +406,7 @@ class RepoStore:
             }
         self.state.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(OSError):  # a read-only root still answers
-            _atomic_write(cache_path, canonical_json({"index": stamp, "manifests": fresh}))
+            atomic_write(cache_path, canonical_json({"index": stamp, "manifests": fresh}))
         return fresh
 
 
