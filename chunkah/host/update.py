@@ -350,6 +350,8 @@ def run_update(
             result = UpdateResult(ref_text, image.digest, summary)
             if store.current_digest() == image.digest:
                 result.unchanged = True
+                result.fetched_bytes = client.stats.bytes_received
+                result.requests = client.stats.requests
                 return result
             t = time.perf_counter()
             total = plan.fetch_bytes
