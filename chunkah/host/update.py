@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import io
 import json
-import os
 import tarfile
 import tempfile
 import time
@@ -38,7 +37,8 @@ from chunkah.packing import ANNOTATION_COMPONENTS
 from chunkah.registry.client import RegistryClient, RemoteImage
 from chunkah.registry.fetcher import RangeFetcher
 from chunkah.registry.reference import RegistryReference, parse_registry_reference
-from chunkah.tree.model import normalize_path
+from chunkah.tree import Entry, EntryType
+from chunkah.tree.tar_reader import TAR_TYPES, header_entry, member_path
 
 __all__ = ["UpdateOptions", "UpdateResult", "run_plan", "run_update"]
 
@@ -178,6 +178,13 @@ async def _zstd_chunked_index(
     return index
 
 
+def _index_entry(e: Entry, kind: str, **kw: Any) -> IndexEntry:
+    return IndexEntry(
+        path=e.path, type=kind, mode=e.mode, uid=e.uid, gid=e.gid, mtime=e.mtime,
+        size=kw.pop("size", 0), xattrs=e.xattrs, rdev=e.rdev, **kw,
+    )  # fmt: skip
+
+
 def _list_whole_layer(
     blob: Path, desc: oci.Descriptor, diff_id: str, store: HostStore
 ) -> LayerIndex:
@@ -206,46 +213,27 @@ def _list_whole_layer(
             raise InputError(f"layer {desc.digest}: not a tar stream ({exc})") from None
         with tf:
             for ti in tf:
-                path = normalize_path(os.fsencode(ti.name))
-                if b".." in path.split(b"/"):
-                    raise VerificationError(
-                        f"layer {desc.digest}: entry {ti.name!r} escapes the tree"
+                tf.members.clear()  # type: ignore[attr-defined]  # keep no TarInfo
+                # The tree reader's rules: '..' refused, xattr policy, mode bits.
+                path = member_path(ti.name)
+                if ti.islnk():
+                    e = header_entry(ti, path, EntryType.FILE)
+                    entries.append(_index_entry(e, "hardlink", link=member_path(ti.linkname)))
+                    continue
+                etype = TAR_TYPES.get(ti.type)
+                if etype is None:
+                    raise InputError(
+                        f"layer {desc.digest}: {ti.name!r} has unsupported type {ti.type!r}"
                     )
-                xattrs = tuple(
-                    sorted(
-                        (k[len("SCHILY.xattr.") :], v.encode("utf-8", "surrogateescape"))
-                        for k, v in ti.pax_headers.items()
-                        if k.startswith("SCHILY.xattr.")
-                    )
-                )
-                common: dict[str, Any] = {
-                    "path": path, "mode": ti.mode, "uid": ti.uid, "gid": ti.gid, "mtime": int(ti.mtime),
-                    "xattrs": xattrs,
-                }  # fmt: skip
-                if ti.isreg():
+                e = header_entry(ti, path, etype)
+                if etype is EntryType.FILE:
                     f = tf.extractfile(ti)
                     assert f is not None
                     digest, size = store.put_stream(f, ti.size)
                     chunk = (ChunkRef(digest, size, -1),) if size else ()
-                    entries.append(
-                        IndexEntry(type="file", size=size, sha256=digest, chunks=chunk, **common)
-                    )
-                elif ti.islnk():
-                    target = normalize_path(os.fsencode(ti.linkname))
-                    entries.append(IndexEntry(type="hardlink", size=0, link=target, **common))
-                elif ti.isdir():
-                    entries.append(IndexEntry(type="dir", size=0, **common))
-                elif ti.issym():
-                    entries.append(
-                        IndexEntry(type="symlink", size=0, link=os.fsencode(ti.linkname), **common)
-                    )
-                elif ti.ischr() or ti.isblk():
-                    kind = "char" if ti.ischr() else "block"
-                    entries.append(
-                        IndexEntry(type=kind, size=0, rdev=(ti.devmajor, ti.devminor), **common)
-                    )
-                elif ti.isfifo():
-                    entries.append(IndexEntry(type="fifo", size=0, **common))
+                    entries.append(_index_entry(e, "file", size=size, sha256=digest, chunks=chunk))
+                else:
+                    entries.append(_index_entry(e, etype.value, link=e.link_target))
         while stream.read(1 << 20):
             pass
     if "sha256:" + hasher.hexdigest() != diff_id:

@@ -68,7 +68,7 @@ def fs_bytes(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
 
 
-def _member_path(raw: str) -> bytes:
+def member_path(raw: str) -> bytes:
     raw_b = fs_bytes(raw)
     path = normalize_path(raw_b)
     if b".." in path.split(b"/"):
@@ -181,10 +181,10 @@ def iter_tar_members(
                     break
                 # tarfile keeps every TarInfo it has seen; we need none of them.
                 tf.members.clear()  # type: ignore[attr-defined]
-                path = _member_path(ti.name)
+                path = member_path(ti.name)
                 if ti.type == tarfile.LNKTYPE:
                     entry = header_entry(ti, path, EntryType.FILE)
-                    yield TarMember(replace(entry, size=0, content=None), _member_path(ti.linkname))
+                    yield TarMember(replace(entry, size=0, content=None), member_path(ti.linkname))
                     continue
                 etype = TAR_TYPES.get(ti.type)
                 if etype is None:
