@@ -28,7 +28,8 @@ ffibuilder.set_source(
     '#include "fastcdc.h"',
     sources=["chunkah/_native/fastcdc.c"],
     include_dirs=[str(HERE)],
-    extra_compile_args=["-O3", "-std=c99", "-Wall", "-Wextra"],
+    # -funroll-loops: measured 1.1-1.3x on the cut loop (benchmarks/RESULTS.md)
+    extra_compile_args=["-O3", "-funroll-loops", "-std=c99", "-Wall", "-Wextra"],
 )
 
 if __name__ == "__main__":
