@@ -116,7 +116,10 @@ def main() -> None:
             # Native and pyfastcdc run back to back in every round, so the ratio within a
             # round cancels load that drifts between rounds; its median is the figure.
             ratio = statistics.median(
-                p / n for n, p in zip(times["chunkah native"], times["pyfastcdc 0.3 (Cython)"])
+                p / n
+                for n, p in zip(
+                    times["chunkah native"], times["pyfastcdc 0.3 (Cython)"], strict=True
+                )
             )
             results.append(
                 {"corpus": corpus_name, "avg_size": avg, "native_over_pyfastcdc": ratio,
