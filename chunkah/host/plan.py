@@ -8,16 +8,18 @@ ranges, and how many bytes that costs.  The fetcher and assembler only execute i
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Container, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from chunkah.delta.index import DeltaOffer
 from chunkah.errors import VerificationError
 from chunkah.host.index import IndexEntry, LayerIndex
 from chunkah.tree.model import path_sort_key
 
 __all__ = [
     "ChunkStep",
+    "DeltaRange",
     "FetchRange",
     "FileStep",
     "Inventory",
@@ -76,11 +78,11 @@ class ChunkStep:
 class FileStep:
     entry: IndexEntry
     layer: int
-    action: (
-        str  # "link" (hardlink a local file), "copy" (local file, new metadata), "build", "empty"
-    )
-    local: bytes = b""  # path in the current deployment for link/copy
+    action: str  # "link" (hardlink a local file), "copy" (local file, new metadata),
+    # "build" (from chunks), "delta" (a delta against the local file), "empty"
+    local: bytes = b""  # path in the current deployment for link/copy/delta
     chunks: tuple[ChunkStep, ...] = ()
+    delta: DeltaOffer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,15 @@ class FetchRange:
     frames: tuple[int, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class DeltaRange:
+    """Bytes ``offset .. offset+length`` of the delta data blob, holding ``offers``."""
+
+    offset: int
+    length: int
+    offers: tuple[DeltaOffer, ...]
+
+
 @dataclass(frozen=True)
 class UpdatePlan:
     entries: tuple[tuple[int, IndexEntry], ...]  # (layer, entry) of the new tree, canonical order
@@ -99,10 +110,15 @@ class UpdatePlan:
     whole_layers: tuple[int, ...]  # downloaded whole (no index)
     unchanged_layers: tuple[int, ...]
     layers: tuple[dict[str, Any], ...]  # per-layer summary
+    deltas: tuple[DeltaRange, ...] = ()  # ranges of the delta data blob to fetch
 
     @property
     def fetch_bytes(self) -> int:
         return sum(r.length for r in self.fetch)
+
+    @property
+    def delta_bytes(self) -> int:
+        return sum(r.length for r in self.deltas)
 
     def summary(self, indexes: Sequence[LayerIndex]) -> dict[str, Any]:
         actions: dict[str, int] = defaultdict(int)
@@ -119,6 +135,7 @@ class UpdatePlan:
             indexes[i].toc_bytes for i in range(len(indexes)) if i not in self.unchanged_layers
         )
         whole = sum(indexes[i].blob_size for i in self.whole_layers)
+        by_delta = [f for f in self.files if f.action == "delta" and f.delta is not None]
         return {
             "entries": len(self.entries),
             "files": dict(actions),
@@ -129,7 +146,20 @@ class UpdatePlan:
             "fetch_bytes": self.fetch_bytes,
             "toc_bytes": toc_bytes,
             "whole_layer_bytes": whole,
-            "expected_bytes": self.fetch_bytes + toc_bytes + whole,
+            "delta_bytes": self.delta_bytes,
+            "delta_ranges": len(self.deltas),
+            "delta_files": [
+                {
+                    "path": f.entry.path.decode("utf-8", "surrogateescape"),
+                    "base": f.local.decode("utf-8", "surrogateescape"),
+                    "encoding": f.delta.encoding,
+                    "delta_bytes": f.delta.size,
+                    "size": f.entry.size,
+                }
+                for f in by_delta
+                if f.delta is not None
+            ],
+            "expected_bytes": self.fetch_bytes + toc_bytes + whole + self.delta_bytes,
             "full_pull_bytes": sum(ix.blob_size for ix in indexes),
             "layers": list(self.layers),
         }
@@ -234,10 +264,37 @@ def _coalesce(layer: int, frames: list[tuple[int, int, int]], merge_gap: int) ->
     return out
 
 
+def _coalesce_deltas(offers: Sequence[DeltaOffer], merge_gap: int) -> list[DeltaRange]:
+    out: list[DeltaRange] = []
+    members: list[DeltaOffer] = []
+    start = end = -1
+    for o in sorted({o.offset: o for o in offers}.values(), key=lambda o: o.offset):
+        if members and o.offset - end <= merge_gap:
+            end = max(end, o.offset + o.size)
+            members.append(o)
+            continue
+        if members:
+            out.append(DeltaRange(start, end - start, tuple(members)))
+        start, end, members = o.offset, o.offset + o.size, [o]
+    if members:
+        out.append(DeltaRange(start, end - start, tuple(members)))
+    return out
+
+
 def plan_update(
-    indexes: Sequence[LayerIndex], inventory: Inventory, *, merge_gap: int = DEFAULT_MERGE_GAP
+    indexes: Sequence[LayerIndex],
+    inventory: Inventory,
+    *,
+    merge_gap: int = DEFAULT_MERGE_GAP,
+    deltas: Mapping[bytes, Sequence[DeltaOffer]] | None = None,
 ) -> UpdatePlan:
-    """Plan how to make the tree of ``indexes`` from ``inventory`` plus fetched frames."""
+    """Plan how to make the tree of ``indexes`` from ``inventory`` plus fetched frames.
+
+    ``deltas`` (target sha256 -> offers, docs/delta.md) lets a file come as a delta
+    against a local file instead of its chunks, when the delta is smaller than the
+    compressed bytes its missing chunks would cost.  A file whose whole content is
+    in the cache (a delta applied by an earlier pass) is built from there.
+    """
     final = flatten(indexes)
     order = sorted(final, key=path_sort_key)
     entries = tuple(final[p] for p in order)
@@ -251,6 +308,7 @@ def plan_update(
     files: list[FileStep] = []
     per_layer: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     linked: set[bytes] = set()
+    delta_offers: list[DeltaOffer] = []
     for li, entry in entries:
         if entry.type != "file":
             continue
@@ -273,10 +331,19 @@ def plan_update(
                 files.append(FileStep(entry, li, "copy", local=candidates[0].path))
                 stats["copy_bytes"] += entry.size
             continue
+        if len(entry.chunks) != 1 and entry.sha256 in inventory.cached:
+            files.append(
+                FileStep(entry, li, "build", chunks=(ChunkStep(entry.sha256, entry.size, "cache"),))
+            )
+            stats["cache_bytes"] += entry.size
+            continue
         if not entry.chunks:
             raise PlanError(f"{entry.path!r}: {entry.size} bytes but no chunks and no local copy")
         steps = []
         total = 0
+        frames_here: list[int] = []
+        cost = 0.0
+        fetch_bytes = 0
         for c in entry.chunks:
             total += c.size
             if c.sha256 in inventory.cached:
@@ -299,8 +366,10 @@ def plan_update(
                         offset_in_frame=c.offset_in_frame,
                     )
                 )
-                need_frames[li].add(c.frame)
-                stats["fetch_chunk_bytes"] += c.size
+                frames_here.append(c.frame)
+                fetch_bytes += c.size
+                frame_ref = indexes[li].frames[c.frame]
+                cost += frame_ref.size * c.size / max(1, frame_ref.usize)
             else:
                 raise PlanError(
                     f"{entry.path!r}: chunk {c.sha256.hex()[:12]} is not fetchable and not local"
@@ -309,6 +378,15 @@ def plan_update(
             raise PlanError(
                 f"{entry.path!r}: chunks add up to {total} bytes, the entry says {entry.size}"
             )
+        offer = _usable_delta(entry, deltas, inventory) if frames_here and deltas else None
+        if offer is not None and offer.size < cost:
+            base = inventory.files[offer.from_sha256][0].path
+            files.append(FileStep(entry, li, "delta", local=base, delta=offer))
+            delta_offers.append(offer)
+            stats["delta_bytes"] += offer.size
+            continue
+        need_frames[li].update(frames_here)
+        stats["fetch_chunk_bytes"] += fetch_bytes
         files.append(FileStep(entry, li, "build", chunks=tuple(steps)))
     fetch: list[FetchRange] = []
     for li in sorted(need_frames):
@@ -331,4 +409,19 @@ def plan_update(
         }
         row.update(per_layer.get(i, {}))
         layers.append(row)
-    return UpdatePlan(entries, tuple(files), tuple(fetch), whole, unchanged, tuple(layers))
+    return UpdatePlan(
+        entries, tuple(files), tuple(fetch), whole, unchanged, tuple(layers),
+        tuple(_coalesce_deltas(delta_offers, merge_gap)),
+    )  # fmt: skip
+
+
+def _usable_delta(
+    entry: IndexEntry, deltas: Mapping[bytes, Sequence[DeltaOffer]], inventory: Inventory
+) -> DeltaOffer | None:
+    """The smallest offer for this content whose base the host has."""
+    usable = [
+        o
+        for o in deltas.get(entry.sha256, ())
+        if o.to_size == entry.size and o.from_sha256 in inventory.files
+    ]
+    return min(usable, key=lambda o: (o.size, o.offset), default=None)

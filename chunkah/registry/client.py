@@ -681,6 +681,56 @@ class RegistryClient:
             url = url.join(URL(link.split(";")[0].strip(" <>"), encoded=True)) if link else None
         return tags
 
+    async def referrers(
+        self,
+        ref: RegistryReference | str,
+        digest: str,
+        *,
+        artifact_type: str | None = None,
+        fallback: bool = True,
+    ) -> list[oci.Descriptor] | None:
+        """The OCI 1.1 referrers of manifest ``digest`` in ``ref``'s repository.
+
+        The referrers API (``GET /v2/NAME/referrers/DIGEST``) where the registry has
+        it; else, with ``fallback``, the image index tagged ``sha256-HEX`` (the
+        distribution spec's referrers tag schema; none: an empty list).  Without
+        ``fallback`` a registry lacking the API gives None.  Filtered by
+        ``artifact_type`` (the descriptors' ``artifactType``) when given.
+        """
+        ref = _as_ref(ref)
+        oci.parse_digest(digest)
+        url = self._url(ref, "referrers", digest)
+        if artifact_type:
+            url = url.with_query(artifactType=artifact_type)
+        found: list[oci.Descriptor] | None = None
+        try:
+            reply = await self._call(
+                "GET", url, ref, scope=_pull(ref), headers={"Accept": mt.OCI_INDEX},
+                max_body=oci.MAX_MANIFEST_SIZE, what="referrers",
+            )  # fmt: skip
+            found = list(oci.Index.from_json(reply.body, mt.OCI_INDEX).manifests)
+        except RegistryNotFoundError:
+            pass  # distribution 2.8 and other registries without the API
+        except RegistryRequestError as exc:
+            if exc.status not in (400, 405, 406):
+                raise
+        except oci.InvalidImageError:
+            pass  # a 200 that is not an index: no API worth the name
+        if found is None:
+            if not fallback:
+                return None
+            alg, _, hexpart = digest.partition(":")
+            try:
+                listing = await self.get_manifest(
+                    ref.with_tag(f"{alg}-{hexpart}"[:128]), accept=(mt.OCI_INDEX,)
+                )
+            except RegistryNotFoundError:
+                return []
+            found = list(oci.Index.from_json(listing.body, listing.media_type).manifests)
+        if artifact_type is not None:
+            found = [d for d in found if d.extra.get("artifactType") == artifact_type]
+        return found
+
     async def get_manifest(
         self,
         ref: RegistryReference | str,

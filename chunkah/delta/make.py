@@ -1,0 +1,150 @@
+"""``chunkah delta FROM TO``: compute the per-file deltas of one upgrade path.
+
+Pairs every changed file of TO with a base in FROM (:mod:`chunkah.delta.pairing`),
+encodes it against that base in every encoding on a process pool, keeps the
+smallest, and drops deltas that would not save bytes over the chunks a host would
+otherwise fetch for that file.  The kept deltas are concatenated in path order into
+the data blob; :mod:`chunkah.delta.index` describes them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from chunkah.delta.encode import BSDIFF_MAX, DEFAULT_LEVEL, ENCODING_NAMES, encode_best
+from chunkah.delta.index import DeltaOffer
+from chunkah.delta.pairing import Pair, pair_files
+from chunkah.delta.source import ImageFiles
+from chunkah.errors import VerificationError
+
+__all__ = ["DeltaSet", "compute_deltas"]
+
+#: A delta must beat the chunks by at least this much (the bytes its index entry costs).
+INDEX_ENTRY_COST = 64
+_IN_FLIGHT_BYTES = 256 << 20
+
+
+@dataclass
+class DeltaSet:
+    """The kept deltas (offers with offsets into ``data``) and what it took."""
+
+    offers: list[DeltaOffer]
+    data: bytes
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _encode_job(old: bytes, new: bytes, level: int, bsdiff_max: int) -> tuple[int, bytes, float]:
+    t = time.process_time()
+    encoding, delta = encode_best(old, new, level=level, bsdiff_max=bsdiff_max)
+    return encoding, delta, time.process_time() - t
+
+
+def _check(files: ImageFiles, path: bytes, data: bytes, sha: bytes) -> bytes:
+    if hashlib.sha256(data).digest() != sha:
+        raise VerificationError(f"{path!r}: content does not match its TOC digest")
+    return data
+
+
+def compute_deltas(
+    old: ImageFiles,
+    new: ImageFiles,
+    *,
+    workers: int | None = None,
+    level: int = DEFAULT_LEVEL,
+    bsdiff_max: int = BSDIFF_MAX,
+    progress: Callable[[int, int], None] | None = None,
+) -> DeltaSet:
+    """Deltas for every changed file of ``new`` that has a base in ``old``."""
+    started = time.perf_counter()
+    pairs = pair_files(old.file_infos(), new.file_infos())
+    have = old.chunk_digests()
+    costs = {p.new.path: new.chunk_cost(p.new.path, have) for p in pairs}
+    # Files whose chunks are all on the host already cost nothing: no delta.
+    jobs = [p for p in pairs if costs[p.new.path] > INDEX_ENTRY_COST]
+    jobs.sort(key=lambda p: -p.new.size)  # big ones first: the pool ends evenly
+    workers = workers or min(2, os.cpu_count() or 1)
+    results: dict[bytes, tuple[Pair, int, bytes]] = {}
+    cpu = 0.0
+    dropped = 0
+    done = 0
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+        pending: dict[concurrent.futures.Future[tuple[int, bytes, float]], Pair] = {}
+        in_flight = 0
+
+        def collect(block: bool) -> None:
+            nonlocal in_flight, cpu, dropped, done
+            if not pending:
+                return
+            finished, _ = concurrent.futures.wait(
+                pending,
+                return_when=concurrent.futures.FIRST_COMPLETED if block else "ALL_COMPLETED",
+            )
+            for fut in finished:
+                pair = pending.pop(fut)
+                in_flight -= pair.new.size + pair.old.size
+                encoding, delta, seconds = fut.result()
+                cpu += seconds
+                done += 1
+                if len(delta) + INDEX_ENTRY_COST < costs[pair.new.path]:
+                    results[pair.new.path] = (pair, encoding, delta)
+                else:
+                    dropped += 1
+                if progress is not None:
+                    progress(done, len(jobs))
+
+        for pair in jobs:
+            while pending and in_flight + pair.new.size + pair.old.size > _IN_FLIGHT_BYTES:
+                collect(True)
+            old_data = _check(old, pair.old.path, old.read(pair.old.path), pair.old.sha256)
+            new_data = _check(new, pair.new.path, new.read(pair.new.path), pair.new.sha256)
+            fut = pool.submit(_encode_job, old_data, new_data, level, bsdiff_max)
+            pending[fut] = pair
+            in_flight += pair.new.size + pair.old.size
+        while pending:
+            collect(True)
+    offers: list[DeltaOffer] = []
+    data = bytearray()
+    by_how: dict[str, int] = {}
+    by_encoding: dict[str, int] = {}
+    for path in sorted(results):
+        pair, encoding, delta = results[path]
+        offers.append(
+            DeltaOffer(
+                path,
+                encoding,
+                len(data),
+                len(delta),
+                pair.old.sha256,
+                pair.old.size,
+                pair.new.sha256,
+                pair.new.size,
+                hashlib.sha256(delta).digest(),
+            )
+        )
+        data += delta
+        by_how[pair.how] = by_how.get(pair.how, 0) + 1
+        by_encoding[ENCODING_NAMES[encoding]] = by_encoding.get(ENCODING_NAMES[encoding], 0) + 1
+    kept_cost = sum(costs[o.path] for o in offers)
+    stats = {
+        "pairs": len(pairs),
+        "paired_by": {
+            h: sum(1 for p in pairs if p.how == h) for h in ("path", "renamed", "similar")
+        },
+        "encoded": len(jobs),
+        "kept": len(offers),
+        "dropped": dropped,
+        "kept_by": by_how,
+        "encodings": by_encoding,
+        "delta_bytes": len(data),
+        "chunk_bytes_replaced": round(kept_cost),
+        "seconds": round(time.perf_counter() - started, 3),
+        "cpu_seconds": round(cpu, 3),
+        "workers": workers,
+    }
+    return DeltaSet(offers, bytes(data), stats)
