@@ -3,7 +3,10 @@
 Retried: 408, 429, 500, 502, 503, 504 and other 5xx except 501 (a capability
 answer, handled by the range ladder), connection errors, resets, truncated bodies
 and timeouts.  Waits grow exponentially with full jitter; ``Retry-After`` (seconds
-or an HTTP date) is honoured up to ``max_retry_after``.
+or an HTTP date) is honoured up to ``max_retry_after``, stretched by a random
+fraction (up to ``retry_after_spread``) so a fleet told "come back in 5 s" does not
+come back in the same millisecond.  :func:`start_delay` spreads the starts of many
+hosts that were triggered at once (a timer, a CVE announcement) over a window.
 """
 
 from __future__ import annotations
@@ -13,7 +16,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-__all__ = ["RetryPolicy", "Timeouts", "is_retryable_status", "parse_retry_after"]
+__all__ = [
+    "RetryPolicy",
+    "Timeouts",
+    "is_retryable_status",
+    "parse_retry_after",
+    "start_delay",
+]
 
 
 def is_retryable_status(status: int) -> bool:
@@ -46,16 +55,21 @@ class RetryPolicy:
     max_delay: float = 8.0
     #: A server asking for a longer pause than this gets this much; we do not hang.
     max_retry_after: float = 30.0
+    #: ``Retry-After: s`` waits uniformly in [s, s * (1 + spread)]: never sooner than
+    #: asked, and a fleet that got the same answer comes back spread out.
+    retry_after_spread: float = 0.25
 
     def delay(
         self, attempt: int, retry_after: float | None = None, rng: random.Random | None = None
     ) -> float:
         """Seconds to wait before try ``attempt + 1`` (``attempt`` counts from 1)."""
+        r = rng or random
         if retry_after is not None:
-            return min(retry_after, self.max_retry_after)
+            base = min(max(retry_after, 0.0), self.max_retry_after)
+            return base * r.uniform(1.0, 1.0 + self.retry_after_spread)
         cap = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
-        # "Full jitter" keeps many clients from retrying in lockstep.
-        return (rng or random).uniform(cap / 2, cap)
+        # Jitter keeps many clients from retrying in lockstep.
+        return r.uniform(cap / 2, cap)
 
 
 @dataclass(frozen=True)
@@ -67,3 +81,14 @@ class Timeouts:
     connect: float = 30.0
     idle: float = 30.0
     request: float | None = 300.0
+
+
+def start_delay(window: float, rng: random.Random | None = None) -> float:
+    """Seconds a host waits before it starts an update that many hosts start at once.
+
+    Uniform over ``[0, window]``: N hosts triggered together reach the registry at
+    about N / window per second instead of all in the first second.  0 disables it.
+    """
+    if window <= 0:
+        return 0.0
+    return (rng or random).uniform(0.0, window)

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import resource
 import secrets
 import signal
 import stat
@@ -65,11 +66,13 @@ from .server_store import (
 )
 
 __all__ = [
+    "LISTEN_BACKLOG",
     "MAX_RANGE_HEADER",
     "REGISTRY_KEY",
     "STATS_KEY",
     "AccessStats",
     "create_app",
+    "raise_open_file_limit",
     "run_server",
     "serve",
 ]
@@ -1044,6 +1047,25 @@ def _log_access(
 # -- the application ----------------------------------------------------------------
 
 
+#: Connections waiting to be accepted (aiohttp's default, 128, drops SYNs when a
+#: thousand hosts connect in the same second; each drop costs the client 1 s or more).
+LISTEN_BACKLOG = 4096
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit; returns the soft limit.
+
+    Each client connection is a descriptor and each blob being sent one more; the
+    common soft limit of 1024 would refuse connections at a few hundred hosts.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 #: Arguments for aiohttp's request handler: room for long Range headers.
 HANDLER_ARGS: dict[str, Any] = {"max_field_size": MAX_RANGE_HEADER}
 
@@ -1087,7 +1109,8 @@ async def run_server(
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        # A fleet connects in bursts: the kernel caps the backlog at somaxconn anyway.
+        site = web.TCPSite(runner, host, port, reuse_address=True, backlog=LISTEN_BACKLOG)
         await site.start()
         bound = int(runner.addresses[0][1]) if runner.addresses else port
         log.info("serving %s on http://%s:%d/v2/", root, host, bound)
@@ -1109,6 +1132,8 @@ def serve(
 
     Signal handlers are installed only when called from the main thread.
     """
+
+    raise_open_file_limit()
 
     async def main() -> None:
         stop = asyncio.Event()
