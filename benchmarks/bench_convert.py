@@ -91,6 +91,35 @@ def layer_tar_zstd3(layout: Path, tag: str) -> tuple[int, int]:
     return total, plain
 
 
+def zstd_cli_speed(layout: Path, tag: str, tmp: Path, runs: int) -> dict[int, float]:
+    """MB/s of the zstd CLI alone at level 3 over the image's uncompressed tar, 1 and 2
+    threads: what compression by itself allows on this machine (the conversion's ceiling)."""
+    from chunkah import oci
+
+    image = oci.resolve_image(f"oci:{layout}:{tag}")
+    tar = tmp / "plain.tar"
+    with tar.open("wb") as out:
+        for i in range(len(image.layers)):
+            with image.open_layer(i) as f:
+                shutil.copyfileobj(f, out, 1 << 20)
+    size = tar.stat().st_size
+    speeds = {}
+    for threads in (1, 2):
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            subprocess.run(
+                ["zstd", "-3", f"-T{threads}", "-q", "-c", str(tar)],
+                stdout=subprocess.DEVNULL,
+                check=True,
+                timeout=600,
+            )
+            times.append(time.perf_counter() - t0)
+        speeds[threads] = size / statistics.median(times) / 1e6
+    tar.unlink()
+    return speeds
+
+
 def blob_sizes(layout: Path, tag: str) -> tuple[int, int]:
     from chunkah import oci
 
@@ -178,6 +207,7 @@ def main() -> None:
                     times.append(time.perf_counter() - t0)
                     shutil.rmtree(out)
                 speeds[workers] = plain / statistics.median(times) / 1e6
+            ceiling = zstd_cli_speed(tmp / "gz", "x", tmp, args.runs)
             speed_rows.append(
                 [
                     name,
@@ -185,6 +215,8 @@ def main() -> None:
                     f"{speeds[1]:.0f}",
                     f"{speeds[2]:.0f}",
                     f"{speeds[2] / speeds[1]:.2f}x",
+                    f"{ceiling[1]:.0f}",
+                    f"{ceiling[2]:.0f}",
                 ]
             )
             results.append(
@@ -197,6 +229,7 @@ def main() -> None:
                     "gzip6_single": gz_bytes,
                     "zstd_chunked_single": zc_bytes,
                     "convert_mb_s": speeds,
+                    "zstd3_cli_mb_s": ceiling,
                 }
             )
         print(f"  done {name}", file=sys.stderr)
@@ -220,7 +253,16 @@ def main() -> None:
     print(f"\nConversion oci:IN (gzip, 1 layer) -> chunked, zstd level 3, median of {args.runs}")
     print(
         markdown_table(
-            ["image", "input MB", "1 worker MB/s", "2 workers MB/s", "speed-up"], speed_rows
+            [
+                "image",
+                "input MB",
+                "1 worker MB/s",
+                "2 workers MB/s",
+                "speed-up",
+                "zstd -3 -T1 alone MB/s",
+                "zstd -3 -T2 alone MB/s",
+            ],
+            speed_rows,
         )
     )
     path = write_json("bench_convert", {"machine": info, "results": results})
