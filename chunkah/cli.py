@@ -201,15 +201,36 @@ def _update_options(args: argparse.Namespace) -> Any:
         plain_http=args.plain_http,
         tls_verify=args.tls_verify,
         verify_diff_ids=not args.no_verify_diff_ids,
+        deltas=not args.no_deltas,
     )
+
+
+_DELTA_LINES = 20
 
 
 def _render_plan(summary: dict[str, Any]) -> None:
     files = summary.get("files", {})
     print(
         f"  files: {files.get('link', 0)} hardlinked, {files.get('copy', 0)} copied locally, "
-        f"{files.get('build', 0)} assembled from chunks, {files.get('empty', 0)} empty"
+        f"{files.get('build', 0)} assembled from chunks, {files.get('delta', 0)} by delta, "
+        f"{files.get('empty', 0)} empty"
     )
+    by_delta = summary.get("delta_files") or []
+    if by_delta:
+        deltas = summary.get("deltas") or {}
+        print(
+            f"  by delta ({_human(summary.get('delta_bytes', 0))} in {summary.get('delta_ranges', 0)} "
+            f"ranges, index {_human(deltas.get('index_bytes', 0))}):"
+        )
+        for row in by_delta[:_DELTA_LINES]:
+            base = f" (from {row['base']})" if row["base"] != row["path"] else ""
+            print(
+                f"    {row['path']}: {_human(row['delta_bytes'])} for {_human(row['size'])}{base}"
+            )
+        if len(by_delta) > _DELTA_LINES:
+            print(f"    ... and {len(by_delta) - _DELTA_LINES} more (--json lists every file)")
+    elif (summary.get("deltas") or {}).get("error"):
+        print(f"  deltas: none used ({summary['deltas']['error']})")
     chunks = summary.get("chunks", {})
     chunk_bytes = summary.get("chunk_bytes", {})
     for source in ("cache", "local", "fetch"):
@@ -220,6 +241,7 @@ def _render_plan(summary: dict[str, Any]) -> None:
     print(
         f"  to download: {_human(summary['expected_bytes'])} "
         f"(TOCs {_human(summary['toc_bytes'])}, {summary['ranges']} ranges {_human(summary['fetch_bytes'])}, "
+        f"deltas {_human(summary.get('delta_bytes', 0))}, "
         f"whole layers {_human(summary['whole_layer_bytes'])}); a full pull is {_human(summary['full_pull_bytes'])}"
     )
     changed = [row for row in summary.get("layers", []) if not row.get("unchanged")]
@@ -294,6 +316,31 @@ def _cmd_update(args: argparse.Namespace) -> int:
         print(
             f"  fetched {_human(result.fetched_bytes)} in {result.requests} requests, "
             f"{result.seconds:.2f} s"
+        )
+
+    _emit(args, result.to_json(), render)
+    return 0
+
+
+def _cmd_delta(args: argparse.Namespace) -> int:
+    """Compute the per-file deltas FROM -> TO and publish them as an OCI artifact."""
+    from chunkah.delta.make import make_delta_artifact
+
+    say = _progress_printer(args)
+    say(f"computing deltas {args.source} -> {args.target}")
+    result = make_delta_artifact(
+        args.source, args.target, args.output, workers=args.workers, level=args.level,
+        plain_http=args.plain_http, tls_verify=args.tls_verify,
+    )  # fmt: skip
+
+    def render() -> None:
+        s = result.stats
+        print(f"{result.destination}: delta artifact {result.artifact} ({result.discoverable_by})")
+        print(
+            f"  {s['kept']} files by delta ({_human(s['delta_bytes'])} for "
+            f"{_human(s['chunk_bytes_replaced'])} of chunks), {s['dropped']} dropped, "
+            f"{s['pairs']} paired {s['paired_by']}, index {_human(result.index_bytes)}, "
+            f"{s['seconds']:.1f} s"
         )
 
     _emit(args, result.to_json(), render)
@@ -488,10 +535,30 @@ def build_parser() -> argparse.ArgumentParser:
             "--no-verify-diff-ids", action="store_true",
             help="skip regenerating each changed layer's tar to check its diff_id (saves one read)",
         )  # fmt: skip
+        hp.add_argument(
+            "--no-deltas", action="store_true",
+            help="do not look for per-file deltas (docs/delta.md); chunks only",
+        )  # fmt: skip
         _add_registry_options(hp)
         hp.add_argument("--json", action="store_true", help="one JSON document on stdout")
         hp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
         hp.set_defaults(handler=handler)
+    dl = sub.add_parser(
+        "delta", help="compute per-file deltas FROM -> TO and publish them as an OCI artifact"
+    )
+    dl.add_argument("source", metavar="FROM", help="oci:DIR[:TAG] or docker://REF (chunkah-built)")
+    dl.add_argument("target", metavar="TO", help="oci:DIR[:TAG] or docker://REF (chunkah-built)")
+    dl.add_argument(
+        "-o", "--output", required=True, metavar="DEST",
+        help="docker://HOST/REPO (TO's repository) or oci:DIR (e.g. a chunkah serve directory)",
+    )  # fmt: skip
+    dl.add_argument("--workers", type=int, help="processes encoding deltas (default: 2)")
+    dl.add_argument("--level", type=int, default=19, help="zstd level of the deltas (default 19)")
+    _add_registry_options(dl)
+    dl.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    dl.add_argument("-q", "--quiet", action="store_true")
+    dl.set_defaults(handler=_cmd_delta)
+
     rb = sub.add_parser("rollback", help="switch back to the previous deployment")
     rb.add_argument("--sysroot", required=True, metavar="DIR")
     rb.add_argument("--wait", type=float, metavar="SECONDS")

@@ -148,3 +148,96 @@ def compute_deltas(
         "workers": workers,
     }
     return DeltaSet(offers, bytes(data), stats)
+
+
+@dataclass
+class DeltaResult:
+    """What ``chunkah delta`` made and where it went."""
+
+    from_digest: str
+    to_digest: str
+    artifact: str
+    destination: str
+    discoverable_by: str  # "referrers", "tag" or "layout"
+    index_bytes: int
+    stats: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "from": self.from_digest,
+            "to": self.to_digest,
+            "artifact": self.artifact,
+            "destination": self.destination,
+            "discoverable_by": self.discoverable_by,
+            "index_bytes": self.index_bytes,
+            **self.stats,
+        }
+
+
+def make_delta_artifact(
+    from_ref: str,
+    to_ref: str,
+    dest: str,
+    *,
+    workers: int | None = None,
+    level: int = DEFAULT_LEVEL,
+    plain_http: bool = False,
+    tls_verify: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> DeltaResult:
+    """``chunkah delta FROM TO -o DEST``: FROM/TO are ``oci:DIR[:TAG]`` or ``docker://``;
+    DEST is ``docker://HOST/REPO`` (the target's repository) or ``oci:DIR``."""
+    import asyncio
+    import tempfile
+    from pathlib import Path
+
+    from chunkah import oci
+    from chunkah.delta.artifact import make_artifact, push_artifact, write_artifact
+    from chunkah.delta.source import open_image_files
+    from chunkah.errors import InputError
+
+    async def with_client(job: Callable[[Any], Any]) -> Any:
+        from chunkah.registry.client import RegistryClient
+
+        async with RegistryClient(plain_http=plain_http, tls_verify=tls_verify) as client:
+            return await job(client)
+
+    with tempfile.TemporaryDirectory(prefix="chunkah-delta-") as tmp:
+
+        def local(ref: str, name: str) -> tuple[Path, str | None]:
+            if ref.startswith("docker://"):
+                from chunkah.registry.transfer import pull_image
+
+                target = f"oci:{tmp}/{name}:image"
+                asyncio.run(with_client(lambda c: pull_image(c, ref, target)))
+                return Path(tmp) / name, "image"
+            parsed = oci.parse_reference(ref)
+            if parsed.transport != "oci" or parsed.path is None:
+                raise InputError(f"{ref}: deltas are made from oci:DIR[:TAG] or docker:// images")
+            return parsed.path, parsed.tag
+
+        old = open_image_files(*local(from_ref, "from"))
+        new = open_image_files(*local(to_ref, "to"))
+        try:
+            delta_set = compute_deltas(old, new, workers=workers, level=level, progress=progress)
+        finally:
+            old.close()
+            new.close()
+        subject = new.image.descriptor
+        artifact = make_artifact(
+            delta_set.offers, delta_set.data, subject=subject, from_digest=old.digest
+        )
+        if dest.startswith("docker://"):
+            from chunkah.registry.reference import parse_registry_reference
+
+            repo = parse_registry_reference(dest)
+            how = asyncio.run(with_client(lambda c: push_artifact(c, repo, artifact)))
+        else:
+            parsed = oci.parse_reference(dest)
+            if parsed.transport != "oci" or parsed.path is None:
+                raise InputError(f"{dest}: delta artifacts go to docker://HOST/REPO or oci:DIR")
+            write_artifact(oci.OciLayout.create(parsed.path), artifact)
+            how = "layout"
+    return DeltaResult(
+        old.digest, new.digest, artifact.digest, dest, how, len(artifact.index), delta_set.stats
+    )

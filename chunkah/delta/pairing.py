@@ -90,9 +90,17 @@ def _basename(path: bytes) -> bytes:
     return path.rpartition(b"/")[2]
 
 
+def _package(f: FileInfo) -> str | None:
+    """The package name with its version taken out: Debian names kernel packages
+    ``linux-image-6.1.0-50-amd64``, and the ABI bump renames the package too."""
+    if f.package is None:
+        return None
+    return _normalize_component(f.package.encode()).decode("utf-8", "replace")
+
+
 def _best(new: FileInfo, candidates: Iterable[FileInfo]) -> FileInfo | None:
     def rank(old: FileInfo) -> tuple[int, int, int, bytes]:
-        same_package = new.package is not None and old.package == new.package
+        same_package = new.package is not None and _package(old) == _package(new)
         return (
             0 if same_package else 1,
             0 if _basename(old.path) == _basename(new.path) else 1,
@@ -105,7 +113,7 @@ def _best(new: FileInfo, candidates: Iterable[FileInfo]) -> FileInfo | None:
 
 def _compatible(new: FileInfo, old: FileInfo) -> bool:
     """Different known packages never pair (a file moved between packages does)."""
-    return new.package is None or old.package is None or new.package == old.package
+    return new.package is None or old.package is None or _package(new) == _package(old)
 
 
 def pair_files(

@@ -23,7 +23,7 @@ from typing import Any
 
 from chunkah import oci
 from chunkah.compression import open_decompressed
-from chunkah.errors import InputError, VerificationError
+from chunkah.errors import ChunkahError, InputError, VerificationError
 from chunkah.format import zstd_chunked
 from chunkah.format.toc import TocError, decode_toc_frame
 from chunkah.format.writer import ANNOTATION_TOC_DIGEST, ANNOTATION_TOC_POSITION
@@ -52,6 +52,7 @@ class UpdateOptions:
     verify_diff_ids: bool = True
     fsync: bool = True
     merge_gap: int = 4096
+    deltas: bool = True  # look for a delta artifact for (current -> target), docs/delta.md
 
 
 @dataclass
@@ -271,9 +272,45 @@ def _current_inventory(store: HostStore) -> tuple[Inventory, Path | None]:
     return inventory_from_indexes(indexes, cached=store.cached_set()), root
 
 
+@dataclass
+class _Deltas:
+    """What delta discovery found (or why not): the artifact, its offers, the cost."""
+
+    found: Any = None  # chunkah.delta.artifact.FoundDeltas
+    error: str | None = None
+    index_bytes: int = 0
+    bytes_before: int = 0  # wire bytes before discovery, to count what it cost
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "artifact": self.found.artifact if self.found is not None else None,
+            "offered": len(self.found.offers) if self.found is not None else 0,
+            "index_bytes": self.index_bytes,
+            "error": self.error,
+        }
+
+
+async def _discover_deltas(
+    client: RegistryClient, image: RemoteImage, current: str | None, options: UpdateOptions
+) -> _Deltas:
+    """The delta artifact for (current -> target), if the registry has one.  Any
+    failure only means no deltas: the update goes on with chunks."""
+    out = _Deltas(bytes_before=client.stats.bytes_received)
+    if not options.deltas or current is None or current == image.digest:
+        return out
+    from chunkah.delta.artifact import find_deltas
+
+    try:
+        out.found = await find_deltas(client, image.reference, image.digest, current)
+    except ChunkahError as exc:
+        out.error = str(exc)
+    out.index_bytes = client.stats.bytes_received - out.bytes_before
+    return out
+
+
 async def _plan(
     ref_text: str, store: HostStore, options: UpdateOptions, *, download_whole: bool
-) -> tuple[RegistryClient, RemoteImage, list[LayerIndex], UpdatePlan, Path | None]:
+) -> tuple[RegistryClient, RemoteImage, list[LayerIndex], UpdatePlan, Path | None, _Deltas]:
     ref = parse_registry_reference(ref_text)
     client = RegistryClient(plain_http=options.plain_http, tls_verify=options.tls_verify)
     await client.__aenter__()
@@ -293,22 +330,37 @@ async def _plan(
                         tmp.flush()
                         indexes[i] = _list_whole_layer(Path(tmp.name), desc, ix.diff_id, store)
             inventory, current_root = _current_inventory(store)
-        plan = plan_update(indexes, inventory, merge_gap=options.merge_gap)
-        return client, image, indexes, plan, current_root
+        deltas = await _discover_deltas(
+            client, image, store.current_digest() if current_root is not None else None, options
+        )
+        offers = None
+        if deltas.found is not None:
+            from chunkah.delta.index import offers_by_target
+
+            offers = offers_by_target(deltas.found.offers)
+        plan = plan_update(indexes, inventory, merge_gap=options.merge_gap, deltas=offers)
+        return client, image, indexes, plan, current_root, deltas
     except BaseException:
         await client.__aexit__(None, None, None)
         raise
+
+
+def _summary(plan: UpdatePlan, indexes: list[LayerIndex], deltas: _Deltas) -> dict[str, Any]:
+    summary = plan.summary(indexes)
+    summary["deltas"] = deltas.summary()
+    summary["expected_bytes"] += deltas.index_bytes
+    return summary
 
 
 def run_plan(ref_text: str, store: HostStore, options: UpdateOptions) -> UpdateResult:
     """What an update would do and cost, without downloading any content."""
 
     async def go() -> UpdateResult:
-        client, image, indexes, plan, _root = await _plan(
+        client, image, indexes, plan, _root, deltas = await _plan(
             ref_text, store, options, download_whole=False
         )
         try:
-            summary = plan.summary(indexes)
+            summary = _summary(plan, indexes, deltas)
             return UpdateResult(
                 ref_text, image.digest, summary, requests=client.stats.requests,
                 fetched_bytes=client.stats.bytes_received,
@@ -329,18 +381,32 @@ def run_update(
 
     async def go() -> UpdateResult:
         t = time.perf_counter()
-        client, image, indexes, plan, current_root = await _plan(
+        client, image, indexes, plan, current_root, deltas = await _plan(
             ref_text, store, options, download_whole=True
         )
         phases["plan"] = time.perf_counter() - t
         try:
-            summary = plan.summary(indexes)
+            summary = _summary(plan, indexes, deltas)
             result = UpdateResult(ref_text, image.digest, summary)
             if store.current_digest() == image.digest:
                 result.unchanged = True
                 result.fetched_bytes = client.stats.bytes_received
                 result.requests = client.stats.requests
                 return result
+            if plan.deltas and deltas.found is not None and current_root is not None:
+                t = time.perf_counter()
+                from chunkah.delta.apply import fetch_and_apply
+
+                dstats = await fetch_and_apply(
+                    client, image.reference, deltas.found.data, plan, current_root, store,
+                    spool_dir=str(store.staging_root),
+                )  # fmt: skip
+                summary["deltas"].update(dstats.to_json())
+                phases["deltas"] = time.perf_counter() - t
+                # Second pass: rebuilt files are in the cache now; the rest come as chunks.
+                inventory, _root = _current_inventory(store)
+                plan = plan_update(indexes, inventory, merge_gap=options.merge_gap)
+                summary["fallback_fetch_bytes"] = plan.fetch_bytes
             t = time.perf_counter()
             total = plan.fetch_bytes
 
