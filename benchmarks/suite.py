@@ -50,7 +50,8 @@ from peers.workspace import Workspace, code_state  # noqa: E402
 from support import debian  # noqa: E402
 
 THRESHOLDS = HERE / "thresholds.json"
-ALL_SERIES = ("tiny", "minbase", "app", "os", "trixie-sid", "numpy", "pystack")
+# The kernel pair last: it is the longest (a 700 MB tree per version).
+ALL_SERIES = ("tiny", "minbase", "app", "trixie-sid", "pystack", "numpy", "os")
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,12 @@ class Profile:
     max_steps: int | None  # steps per series (None: all)
     sweep: tuple[tuple[str, int], ...]  # (series, steps) for the chunk-size sweep
     check_thresholds: bool
+    quick_only: bool  # only strategies marked quick
 
 
 PROFILES = {
-    "quick": Profile(("tiny",), 1, (), True),
-    "full": Profile(ALL_SERIES, None, (("tiny", 2), ("app", 1)), False),
+    "quick": Profile(("tiny",), 1, (), True, True),
+    "full": Profile(ALL_SERIES, None, (("tiny", 2), ("app", 1)), False, False),
 }
 
 
@@ -125,6 +127,8 @@ def run_suite(args: argparse.Namespace, profile: Profile, doc: dict[str, Any]) -
         if unknown:
             raise SystemExit(f"unknown strategies: {sorted(unknown)}")
         chosen = [s for s in chosen if s.name in wanted]
+    elif profile.quick_only:
+        chosen = [s for s in chosen if s.quick]
     names = args.series.split(",") if args.series else list(profile.series)
     cache = args.cache / "cells"
     for name in names:
@@ -145,7 +149,14 @@ def run_suite(args: argparse.Namespace, profile: Profile, doc: dict[str, Any]) -
             for k in range(steps):
                 old, new = built[k], built[k + 1]
                 step = Step(
-                    name, k, old.label, new.label, old.path, new.path, ws, args.cache / "scratch"
+                    name,
+                    k,
+                    old.label,
+                    new.label,
+                    old.path,
+                    new.path,
+                    ws,
+                    args.cache / f"scratch-{os.getpid()}",
                 )
                 sstep = next((s for s in sdoc["steps"] if s["step"] == step.name), None)
                 if sstep is None:

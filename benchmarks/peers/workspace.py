@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from support.debian import file_lock
 from support.registry import AccessEntry, RunningRegistry, start_registry
 from support.tools import skopeo_copy
 
@@ -138,17 +139,21 @@ class Workspace:
     def tar(self, k: int) -> Path:
         """Version k's tree as one tar (sorted, pax, xattrs, numeric owners, no atime)."""
         path = self.root / "tars" / f"{self.keys[k]}.tar"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            run_measured(
-                ["tar", "--sort=name", "--format=pax", "--pax-option=delete=atime,delete=ctime",
-                 "--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner",
-                 "-C", self.trees[k], "-cf", tmp, "."],
-                timeout=BUILD_TIMEOUT,
-            ).check()  # fmt: skip
-            os.rename(tmp, path)
+        with file_lock(path.with_suffix(".lock")):
+            if not path.exists():
+                self._write_tar(k, path)
         return path
+
+    def _write_tar(self, k: int, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        run_measured(
+            ["tar", "--sort=name", "--format=pax", "--pax-option=delete=atime,delete=ctime",
+             "--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner",
+             "-C", self.trees[k], "-cf", tmp, "."],
+            timeout=BUILD_TIMEOUT,
+        ).check()  # fmt: skip
+        os.rename(tmp, path)
 
     # --- images ---------------------------------------------------------------------
 
@@ -157,28 +162,34 @@ class Workspace:
         tag = f"v{k + 1}"
         out = self.root / "images" / self.code / f"{kind}-{self.keys[k]}"
         stamp = out / "build.json"
-        if not stamp.exists():
-            shutil.rmtree(out, ignore_errors=True)
-            if kind == "zstd-chunked":
-                build = self._zstd_chunked(out, k, tag)
-            else:
-                args = list(IMAGE_KINDS[kind])
-                if kind == "zstd-history" and k > 0:
-                    prev = self.image(kind, k - 1)
-                    args += ["--previous", f"oci:{prev.root}:{prev.tag}"]
-                m = run_measured(
-                    chunkah_cmd("build", self.trees[k], "-o", f"oci:{out}:{tag}", "-q", *args),
-                    timeout=BUILD_TIMEOUT,
-                    env={"SOURCE_DATE_EPOCH": str(EPOCH)},
-                ).check()
-                build = {"seconds": m.seconds, "maxrss_mib": m.maxrss_mib, "tool": "chunkah build"}
-            img = Image(out, tag, build)
-            build["bytes"] = sum(int(layer["size"]) for layer in img.layers)
-            build["layers"] = len(img.layers)
-            stamp.write_text(json.dumps(build, indent=2) + "\n")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(out.parent / f".{out.name}.lock"):
+            if not stamp.exists():
+                self._build(kind, k, out, tag)
         img = Image(out, tag, json.loads(stamp.read_text()))
         self._configs.add(str(img.manifest["config"]["digest"]))
         return img
+
+    def _build(self, kind: str, k: int, out: Path, tag: str) -> None:
+        stamp = out / "build.json"
+        shutil.rmtree(out, ignore_errors=True)
+        if kind == "zstd-chunked":
+            build = self._zstd_chunked(out, k, tag)
+        else:
+            args = list(IMAGE_KINDS[kind])
+            if kind == "zstd-history" and k > 0:
+                prev = self.image(kind, k - 1)
+                args += ["--previous", f"oci:{prev.root}:{prev.tag}"]
+            m = run_measured(
+                chunkah_cmd("build", self.trees[k], "-o", f"oci:{out}:{tag}", "-q", *args),
+                timeout=BUILD_TIMEOUT,
+                env={"SOURCE_DATE_EPOCH": str(EPOCH)},
+            ).check()
+            build = {"seconds": m.seconds, "maxrss_mib": m.maxrss_mib, "tool": "chunkah build"}
+        img = Image(out, tag, build)
+        build["bytes"] = sum(int(layer["size"]) for layer in img.layers)
+        build["layers"] = len(img.layers)
+        stamp.write_text(json.dumps(build, indent=2) + "\n")
 
     def _zstd_chunked(self, out: Path, k: int, tag: str) -> dict[str, Any]:
         """The single-layer gzip image converted by ``skopeo --dest-compress-format zstd:chunked``."""
@@ -201,7 +212,8 @@ class Workspace:
     @property
     def registry(self) -> RunningRegistry:
         if self._registry is None:
-            self._registry = start_registry(self.root / "registry")
+            # One registry per process: concurrent runs must not share an access log.
+            self._registry = start_registry(self.root / f"registry-{os.getpid()}")
         return self._registry
 
     def ref(self, kind: str, k: int) -> str:
@@ -224,6 +236,7 @@ class Workspace:
     def close(self) -> None:
         if self._registry is not None:
             self._registry.stop()
+            shutil.rmtree(self._registry.workdir, ignore_errors=True)
             self._registry = None
             self._pushed.clear()
 
