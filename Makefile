@@ -6,12 +6,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Real tools the tests and benchmarks drive (registry, image tools, rootfs builder).
 DEBS := gcc libc6-dev zstd docker-registry skopeo umoci mmdebstrap podman uidmap \
         fuse-overlayfs attr acl tar gzip rpm pacman-package-manager libarchive-tools \
-        nginx-light
+        nginx-light casync zchunk ostree rsync xdelta3
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
 .PHONY: setup debs venv demo test lint format typecheck bench bench-cdc bench-build bench-layers \
-        bench-format bench-update bench-registry clean
+        bench-format bench-update bench-registry bench-suite bench-quick clean
 
 setup: debs venv
 
@@ -38,6 +38,7 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+	$(MAKE) bench-quick
 
 lint: venv
 	$(BIN)/ruff check chunkah tests benchmarks
@@ -70,8 +71,18 @@ bench-update: setup
 bench-registry: setup
 	$(BIN)/python benchmarks/bench_registry.py
 
+# Every update strategy on every image series (hours; resumable: finished cells are kept).
+bench-suite: setup
+	$(BIN)/python benchmarks/suite.py --profile full
+
+# The tiny series' first step, every quick strategy; fails when our byte counts regress
+# beyond benchmarks/thresholds.json (run by `make test`).
+bench-quick: setup
+	$(BIN)/python benchmarks/suite.py --profile quick
+
 # Every benchmark program; results in benchmarks/results/, summary in benchmarks/RESULTS.md.
-bench: bench-cdc bench-build bench-layers bench-format bench-registry bench-update
+# (bench-update's methods are all in the suite; run it on its own for 3-run medians.)
+bench: bench-suite bench-cdc bench-build bench-layers bench-format bench-registry
 
 clean:
 	rm -rf $(VENV) build *.egg-info chunkah/_native/*.so .pytest_cache .mypy_cache .ruff_cache

@@ -31,6 +31,10 @@ loopback, with bytes counted at the server (response body bytes, every request):
   ``python -m http.server``; ``casync extract --seed=<v_k tree>`` of the index URL;
   requests and bytes from the server's log (bytes = size of each file served).
 
+benchmarks/suite.py runs the same methods (and every other peer) once per cell through
+benchmarks/peers/, whose process, wire and tree-check pieces this program shares; this
+one stays for the per-file CDC estimate, medians of several runs and issue 7's ratios.
+
 Prints one Markdown table per step plus the ratios issue 7 judges; writes
 benchmarks/results/bench_update.{json,md} (``--name`` for another pair of files).
 """
@@ -43,14 +47,12 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,9 +65,12 @@ sys.path.insert(0, str(REPO))
 
 import zstandard  # noqa: E402
 from common import RESULTS_DIR, machine_info, markdown_table, write_json  # noqa: E402
+from peers.process import Measured, run_measured  # noqa: E402
+from peers.treecheck import short, verdict  # noqa: E402
+from peers.workspace import Wire, wire_of  # noqa: E402
 from support.clamps import expected_clamps  # noqa: E402
 from support.podman import make_storage  # noqa: E402
-from support.registry import AccessEntry, RunningRegistry, free_port, start_registry  # noqa: E402
+from support.registry import RunningRegistry, free_port, start_registry  # noqa: E402
 from support.tools import ToolError, skopeo_copy  # noqa: E402
 from support.treediff import diff_trees  # noqa: E402
 
@@ -79,72 +84,7 @@ PULL_TIMEOUT = 900.0
 MiB = 1 << 20
 
 
-# --- processes -----------------------------------------------------------------------
-
-
-@dataclass
-class Measured:
-    """One child process: exit status, wall seconds, its own peak RSS, its output."""
-
-    argv: list[str]
-    returncode: int
-    seconds: float
-    maxrss_mib: float
-    stdout: str
-    stderr: str
-    timed_out: bool = False
-
-    def check(self) -> Measured:
-        if self.returncode != 0:
-            what = "timed out" if self.timed_out else f"exit status {self.returncode}"
-            raise ToolError(
-                f"{what}: {' '.join(self.argv)}\n--- stdout ---\n{self.stdout[-4000:]}\n"
-                f"--- stderr ---\n{self.stderr[-4000:]}"
-            )
-        return self
-
-
-def run_measured(
-    argv: Sequence[str | os.PathLike[str]],
-    *,
-    timeout: float,
-    env: Mapping[str, str] | None = None,
-    cwd: Path | None = None,
-) -> Measured:
-    """Run *argv*, wait for it with ``os.wait4`` (wall time and ru_maxrss), bounded."""
-    args = [os.fspath(a) for a in argv]
-    full_env = dict(os.environ, **(env or {}))
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            args, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=full_env, cwd=cwd
-        )
-        timed_out = threading.Event()
-
-        def kill() -> None:
-            timed_out.set()
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
-
-        timer = threading.Timer(timeout, kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return Measured(
-            args,
-            proc.returncode,
-            seconds,
-            usage.ru_maxrss / 1024,  # KiB on Linux
-            out.read().decode("utf-8", "replace"),
-            err.read().decode("utf-8", "replace"),
-            timed_out.is_set(),
-        )
+# --- processes: peers.process (shared with the suite) ------------------------------------
 
 
 def chunkah_cmd(*args: str | os.PathLike[str]) -> list[str]:
@@ -155,43 +95,6 @@ BUILD_ENV = {"SOURCE_DATE_EPOCH": str(EPOCH)}
 
 
 # --- what went over the wire ---------------------------------------------------------
-
-
-@dataclass
-class Wire:
-    """Requests a server logged for one operation, summed and sorted by kind."""
-
-    requests: int
-    bytes: int
-    by_kind: dict[str, list[int]]  # kind -> [requests, bytes]
-    statuses: dict[str, int]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "requests": self.requests,
-            "bytes": self.bytes,
-            "by_kind": self.by_kind,
-            "statuses": self.statuses,
-        }
-
-
-def wire_of(entries: Sequence[AccessEntry], config_digests: set[str]) -> Wire:
-    by_kind: dict[str, list[int]] = {}
-    statuses: dict[str, int] = {}
-    for e in entries:
-        if e.is_manifest:
-            kind = "manifest"
-        elif e.is_blob and e.path.rsplit("/", 1)[-1] in config_digests:
-            kind = "config"
-        elif e.is_blob:
-            kind = f"layer {e.status}"
-        else:
-            kind = "other"
-        slot = by_kind.setdefault(f"{e.method} {kind}", [0, 0])
-        slot[0] += 1
-        slot[1] += e.bytes
-        statuses[str(e.status)] = statuses.get(str(e.status), 0) + 1
-    return Wire(len(entries), sum(e.bytes for e in entries), by_kind, statuses)
 
 
 # --- images --------------------------------------------------------------------------
@@ -331,20 +234,7 @@ def build(src: Path, dest: str, *args: str) -> float:
 
 def tree_verdict(diffs: list[str]) -> dict[str, Any]:
     """Differences against the source tree, counted by kind ("owner differs", ...)."""
-    kinds: dict[str, int] = {}
-    for d in diffs:
-        kind = d.split(" for ", 1)[0] if " for " in d else d.split(":", 1)[0]
-        kinds[kind] = kinds.get(kind, 0) + 1
-    return {"ok": not diffs, "differences": len(diffs), "kinds": kinds, "first": diffs[:20]}
-
-
-def short_verdict(v: dict[str, Any] | None) -> str:
-    if v is None:
-        return "—"
-    if v["ok"]:
-        return "yes"
-    kinds = ", ".join(f"{k} x{n}" for k, n in sorted(v["kinds"].items()))
-    return f"**NO**: {kinds}"
+    return verdict(diffs, mtimes="as each method's comparison says")
 
 
 @dataclass(frozen=True)
@@ -768,7 +658,7 @@ def summarize(res: dict[str, Any]) -> tuple[list[list[str]], dict[str, Any]]:
     c_rss = max(r["maxrss_mib"] for r in c_runs)
     est = res["cdc_estimate"]
     rows = [
-        _row("chunkah update", c_runs, short_verdict(c_runs[0].get("tree"))),
+        _row("chunkah update", c_runs, short(c_runs[0].get("tree"))),
         _row(
             "chunkah update, unchanged image",
             [un],
@@ -791,7 +681,7 @@ def summarize(res: dict[str, Any]) -> tuple[list[list[str]], dict[str, Any]]:
     else:
         p_runs = pod["partial"]
         tree = p_runs[0].get("tree")
-        verdict = short_verdict(tree)
+        verdict = short(tree)
         if tree and not tree["ok"] and tree["owner_to_root"]:
             verdict += f" ({tree['owner_to_root']} of them -> 0:0)"
         rows.append(_row("podman zstd:chunked partial pull", p_runs, verdict))
@@ -806,7 +696,7 @@ def summarize(res: dict[str, Any]) -> tuple[list[list[str]], dict[str, Any]]:
     if "error" in cas or not ok_runs:
         rows.append(["casync seeded extract", f"failed: {cas.get('error', '?')[:80]}"] + [""] * 4)
     else:
-        rows.append(_row("casync seeded extract", ok_runs, short_verdict(ok_runs[0].get("tree"))))
+        rows.append(_row("casync seeded extract", ok_runs, short(ok_runs[0].get("tree"))))
         ratios["chunkah_requests"] = c_req
         ratios["casync_requests"] = ok_runs[0]["requests"]
         ratios["chunkah_fewer_requests_than_casync"] = c_req < ok_runs[0]["requests"]

@@ -135,7 +135,14 @@ def run_suite(args: argparse.Namespace, profile: Profile, doc: dict[str, Any]) -
         log(f"# {name}: building the series (cached after the first time)")
         built = series_mod.build_series(name)
         versions = [
-            {"label": b.label, "key": b.key, "bytes": b.bytes, "files": b.files} for b in built
+            {
+                "label": b.label,
+                "key": b.key,
+                "bytes": b.bytes,
+                "files": b.files,
+                "fingerprint": _fingerprint(b),
+            }
+            for b in built
         ]
         sdoc = doc["series"].setdefault(name, {"versions": versions, "steps": []})
         ws = Workspace(
@@ -181,6 +188,12 @@ def run_suite(args: argparse.Namespace, profile: Profile, doc: dict[str, Any]) -
                     write_outputs(args, doc, final=False)
         finally:
             ws.close()
+
+
+def _fingerprint(b: Any) -> str:
+    """What the tree is: mmdebstrap's tarball digest (Debian), else the recipe key."""
+    meta = json.loads((b.entry / "version.json").read_text())
+    return str(meta.get("rootfs_tar_sha256") or f"recipe {b.key}")
 
 
 def _brief(r: dict[str, Any]) -> str:
@@ -253,6 +266,18 @@ def run_sweep(args: argparse.Namespace, profile: Profile, doc: dict[str, Any]) -
 
 
 # --- thresholds ------------------------------------------------------------------------
+#
+# thresholds.json, per step: "bytes" (absolute limits, applied only when the step's trees
+# are the ones they were recorded on: a rebuilt series whose packages moved on changes
+# every count) and "ratios" (strategy bytes / full-gzip bytes, applied always).
+
+RATIO_BASE = "full-gzip"
+
+
+def _fingerprints(doc: dict[str, Any], series: str, step: str) -> list[str]:
+    versions = {v["label"]: v for v in doc["series"][series]["versions"]}
+    old, new = step.split("->")
+    return [versions[old]["fingerprint"], versions[new]["fingerprint"]]
 
 
 def check_thresholds(doc: dict[str, Any], limits: dict[str, Any]) -> list[str]:
@@ -260,25 +285,36 @@ def check_thresholds(doc: dict[str, Any], limits: dict[str, Any]) -> list[str]:
     failures = []
     tol = float(limits.get("tolerance", 0.0))
     ours = {s.name for s in strategies() if s.ours}
-    for step_name, per in limits.get("bytes", {}).items():
+    for step_name, spec in limits.get("steps", {}).items():
         series, step = step_name.split(" ", 1)
         sdoc = doc["series"].get(series)
         sstep = next((s for s in (sdoc or {}).get("steps", []) if s["step"] == step), None)
         if sstep is None:
             continue
-        for strategy, limit in per.items():
-            cell = sstep["cells"].get(strategy)
+        cells = sstep["cells"]
+        same_trees = spec.get("trees") == _fingerprints(doc, series, step)
+        if not same_trees:
+            log(f"thresholds: {step_name} trees differ from the recorded ones: ratios only")
+        names = set(spec.get("bytes", {})) | set(spec.get("ratios", {}))
+        for strategy in sorted(names):
+            cell = cells.get(strategy)
             if cell is None:
                 continue
             where = f"{step_name} {strategy}"
             if cell.get("status") != "ok":
                 failures.append(f"{where}: {cell.get('status')}: {cell.get('error', '')[:300]}")
                 continue
-            allowed = int(limit * (1 + tol))
-            if cell["bytes"] > allowed:
-                failures.append(
-                    f"{where}: {cell['bytes']:,} bytes > limit {limit:,} (+{tol:.0%} = {allowed:,})"
-                )
+            limit = spec.get("bytes", {}).get(strategy)
+            if same_trees and limit is not None and cell["bytes"] > int(limit * (1 + tol)):
+                failures.append(f"{where}: {cell['bytes']:,} bytes > limit {limit:,} (+{tol:.0%})")
+            ratio = spec.get("ratios", {}).get(strategy)
+            base = cells.get(RATIO_BASE) or {}
+            if ratio is not None and base.get("status") == "ok" and base["bytes"]:
+                got = cell["bytes"] / base["bytes"]
+                if got > ratio * (1 + tol):
+                    failures.append(
+                        f"{where}: {got:.4f} of a full pull > limit {ratio:.4f} (+{tol:.0%})"
+                    )
             if strategy in ours and not (cell.get("tree") or {}).get("ok", False):
                 failures.append(f"{where}: wrong tree: {short(cell.get('tree'))}")
     return failures
@@ -287,18 +323,29 @@ def check_thresholds(doc: dict[str, Any], limits: dict[str, Any]) -> list[str]:
 def update_thresholds(doc: dict[str, Any]) -> None:
     limits = json.loads(THRESHOLDS.read_text()) if THRESHOLDS.exists() else {}
     limits.setdefault("tolerance", 0.02)
-    limits.setdefault(
-        "comment",
-        "Byte counts of our strategies (deterministic); make bench-quick fails above "
-        "limit * (1 + tolerance). Regenerate with: suite.py --profile quick --update-thresholds",
+    limits["comment"] = (
+        "Our strategies' byte counts (deterministic). make bench-quick fails when one exceeds "
+        "limit * (1 + tolerance): absolute bytes when the step's trees match 'trees' (sha256 "
+        "of mmdebstrap's tarballs), else only the ratio to the full gzip pull. Regenerate: "
+        "benchmarks/suite.py --profile quick --update-thresholds"
     )
     ours = {s.name for s in strategies() if s.ours}
-    table = limits.setdefault("bytes", {})
+    table = limits.setdefault("steps", {})
     for series, sdoc in doc["series"].items():
         for sstep in sdoc["steps"]:
-            for name, cell in sstep["cells"].items():
+            cells = sstep["cells"]
+            base = cells.get(RATIO_BASE) or {}
+            spec: dict[str, Any] = {
+                "trees": _fingerprints(doc, series, sstep["step"]),
+                "bytes": {},
+                "ratios": {},
+            }
+            for name, cell in cells.items():
                 if name in ours and cell.get("status") == "ok":
-                    table.setdefault(f"{series} {sstep['step']}", {})[name] = cell["bytes"]
+                    spec["bytes"][name] = cell["bytes"]
+                    if name != RATIO_BASE and base.get("status") == "ok":
+                        spec["ratios"][name] = round(cell["bytes"] / base["bytes"], 5)
+            table[f"{series} {sstep['step']}"] = spec
     THRESHOLDS.write_text(json.dumps(limits, indent=2, sort_keys=True) + "\n")
     log(f"wrote {THRESHOLDS}")
 
