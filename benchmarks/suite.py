@@ -174,13 +174,24 @@ def run_suite(args: argparse.Namespace, profile: Profile, doc: dict[str, Any]) -
                     path = cache / name / step.name / f"{strategy.name}.json"
                     if not args.fresh and path.is_file():
                         stored = json.loads(path.read_text())
-                        if stored.get("key") == key and stored.get("status") != "error":
+                        # --stored-only takes what is there: the chunkah code of a long
+                        # run moves under it in a shared tree (each cell records its own).
+                        if args.stored_only or (
+                            stored.get("key") == key and stored.get("status") != "error"
+                        ):
                             sstep["cells"][strategy.name] = stored
                             log(f"  {step.name} {strategy.name}: stored ({_brief(stored)})")
                             continue
+                    if args.stored_only:
+                        sstep["cells"][strategy.name] = {
+                            "status": "not run",
+                            "error": "not reached before the run was stopped",
+                        }
+                        continue
                     log(f"  {step.name} {strategy.name} ...")
                     result = run_cell(strategy, step)
                     result["key"] = key
+                    result["code"] = ws.code
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
                     sstep["cells"][strategy.name] = result
@@ -217,6 +228,12 @@ SWEEP_CDC = ((4, 16, 64), (8, 32, 128), (16, 64, 256), (32, 128, 512), (64, 256,
 
 def run_sweep(args: argparse.Namespace, profile: Profile, doc: dict[str, Any]) -> None:
     if args.no_sweep or args.series or args.strategies:
+        return
+    if args.stored_only:
+        stored = args.cache / "cells"
+        for name, _ in profile.sweep:
+            for path in sorted((stored / name / "sweep").glob("*.json")):
+                doc["sweep"] += json.loads(path.read_text())["rows"]
         return
     import bench_format
 
@@ -301,6 +318,8 @@ def check_thresholds(doc: dict[str, Any], limits: dict[str, Any]) -> list[str]:
             if cell is None:
                 continue
             where = f"{step_name} {strategy}"
+            if cell.get("status") == "not run":
+                continue
             if cell.get("status") != "ok":
                 failures.append(f"{where}: {cell.get('status')}: {cell.get('error', '')[:300]}")
                 continue
@@ -362,6 +381,8 @@ def _cell_mb(cell: dict[str, Any] | None) -> str:
         return "—"
     if cell.get("status") == "unavailable":
         return "n/a"
+    if cell.get("status") == "not run":
+        return "not run"
     if cell.get("status") != "ok":
         return "failed"
     flag = "" if (cell.get("tree") or {}).get("ok") else " ✗"
@@ -501,6 +522,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--strategies", help="comma-separated strategy names (default: all)")
     ap.add_argument("--fresh", action="store_true", help="ignore stored cells")
     ap.add_argument("--no-sweep", action="store_true", help="skip the chunk-size sweep")
+    ap.add_argument(
+        "--stored-only",
+        action="store_true",
+        help="measure nothing: tables and plots from the stored cells (others: 'not run')",
+    )
     ap.add_argument("--update-thresholds", action="store_true")
     ap.add_argument("--check-thresholds", action=argparse.BooleanOptionalAction, default=None)
     ap.add_argument("--plot-often", action="store_true", help="re-plot after every cell")
