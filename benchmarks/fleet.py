@@ -267,7 +267,9 @@ async def _host(
     }
 
 
-async def _worker_main(spec: dict[str, Any]) -> None:
+async def _worker_main(v1_layout: str) -> None:
+    """Serve waves until stdin closes.  Per wave: a spec line (JSON) -> "ready" ->
+    the orchestrator's "go" -> one JSON line of results."""
     # Import now: a host's first request must not pay for module loading.
     import chunkah.host.fetch
     import chunkah.host.plan
@@ -276,39 +278,91 @@ async def _worker_main(spec: dict[str, Any]) -> None:
     import chunkah.registry.reference  # noqa: F401
     from chunkah.registry.retry import start_delay
 
-    shared = Shared(Path(spec["v1_layout"]), spec["v1_tag"])
-    rng = random.Random(spec["seed"])
-    delays = [start_delay(spec["jitter"], rng) for _ in spec["hosts"]]
-    # Ready: wait for the orchestrator's "go" so every worker starts the wave together.
-    print("ready", flush=True)
+    shared = Shared(Path(v1_layout), "v1")
     loop = asyncio.get_running_loop()
-    line = await loop.run_in_executor(None, sys.stdin.readline)
-    if line.strip() != "go":
-        return
-    ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    t0 = time.time()
-    results = await asyncio.gather(
-        *(
-            _host(n, spec["strategy"], spec["ref"], shared, d)
-            for n, d in zip(spec["hosts"], delays, strict=True)
+
+    async def line() -> str:
+        return str(await loop.run_in_executor(None, sys.stdin.readline))
+
+    while spec_text := (await line()).strip():
+        spec = json.loads(spec_text)
+        rng = random.Random(spec["seed"])
+        delays = [start_delay(spec["jitter"], rng) for _ in spec["hosts"]]
+        shared._decoded = {}  # each wave's hosts decode their TOCs afresh
+        print("ready", flush=True)
+        if (await line()).strip() != "go":
+            return
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.time()
+        results = await asyncio.gather(
+            *(
+                _host(n, spec["strategy"], spec["ref"], shared, d)
+                for n, d in zip(spec["hosts"], delays, strict=True)
+            )
         )
-    )
-    ru1 = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime
-    print(json.dumps({"started": t0, "cpu": cpu, "hosts": results}), flush=True)
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime
+        print(json.dumps({"started": t0, "cpu": cpu, "hosts": results}), flush=True)
 
 
-def worker(spec_json: str) -> None:
+def worker(v1_layout: str) -> None:
     raise_fd_limit()
-    spec = json.loads(spec_json)
     prof_dir = os.environ.get("CHUNKAH_FLEET_PROFILE")  # cProfile each worker (debugging)
     if prof_dir:
         import cProfile
 
-        cProfile.runctx("asyncio.run(_worker_main(spec))", globals(), {"spec": spec},
+        cProfile.runctx("asyncio.run(_worker_main(v1))", globals(), {"v1": v1_layout},
                         os.path.join(prof_dir, f"worker-{os.getpid()}.prof"))  # fmt: skip
         return
-    asyncio.run(_worker_main(spec))
+    asyncio.run(_worker_main(v1_layout))
+
+
+class Workers:
+    """``count`` long-lived client processes (started once: imports and the v1
+    inventory cost about a second each)."""
+
+    def __init__(self, count: int, v1_layout: str) -> None:
+        self.procs = [
+            subprocess.Popen(
+                [sys.executable, __file__, "--worker", v1_layout],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=REPO,
+            )
+            for _ in range(count)
+        ]
+
+    def send(self, proc: subprocess.Popen[str], text: str) -> None:
+        assert proc.stdin is not None
+        proc.stdin.write(text + "\n")
+        proc.stdin.flush()
+
+    def read(self, proc: subprocess.Popen[str], timeout: float) -> str:
+        assert proc.stdout is not None
+        import select
+
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        text = proc.stdout.readline() if ready else ""
+        if not text:
+            err = proc.stderr.read() if proc.stderr and proc.poll() is not None else ""
+            raise SystemExit(
+                f"fleet worker {proc.pid} gave no answer in {timeout:g} s\n{err[-3000:]}"
+            )
+        return text.strip()
+
+    def close(self) -> None:
+        for p in self.procs:
+            with contextlib.suppress(OSError):
+                if p.stdin is not None:
+                    p.stdin.close()
+        for p in self.procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(p.pid, signal.SIGKILL)
+                p.wait(10)
 
 
 # ===================================================================================
@@ -636,63 +690,32 @@ def run_wave(
     server: Server,
     strategy: str,
     n: int,
-    v1_layout: str,
-    workers: int,
+    workers: Workers,
     jitter: float,
     seed: int,
 ) -> dict[str, Any]:
     ref = f"docker://{server.host}/{REPO_NAME}:v2"
-    w = max(1, min(workers, n))
+    procs = workers.procs[: max(1, min(len(workers.procs), n))]
+    w = len(procs)
     groups = [list(range(i, n, w)) for i in range(w)]
-    procs = []
-    for i, hosts in enumerate(groups):
-        spec = {"v1_layout": v1_layout, "v1_tag": "v1", "ref": ref, "strategy": strategy,
-                "hosts": hosts, "jitter": jitter, "seed": seed * 1000 + i}  # fmt: skip
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, __file__, "--worker", json.dumps(spec)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                cwd=REPO,
-            )
-        )
+    for i, (p, hosts) in enumerate(zip(procs, groups, strict=True)):
+        spec = {"ref": ref, "strategy": strategy, "hosts": hosts, "jitter": jitter,
+                "seed": seed * 1000 + i}  # fmt: skip
+        workers.send(p, json.dumps(spec))
+    for p in procs:
+        if workers.read(p, 60) != "ready":
+            raise SystemExit("fleet worker out of step")
     outputs: list[dict[str, Any]] = []
-    try:
+    load_before = os.getloadavg()[0]
+    cpu0 = sum(_cpu_seconds(p) for p in server.pids)
+    with Sampler(server.pids) as sampler:
+        t0 = time.time()
         for p in procs:
-            assert p.stdout is not None
-            if p.stdout.readline().strip() != "ready":
-                raise SystemExit(
-                    f"fleet worker failed to start:\n{p.stderr.read() if p.stderr else ''}"
-                )
-        load_before = os.getloadavg()[0]
-        cpu0 = sum(_cpu_seconds(p) for p in server.pids)
-        with Sampler(server.pids) as sampler:
-            t0 = time.time()
-            for p in procs:
-                assert p.stdin is not None
-                p.stdin.write("go\n")
-                p.stdin.flush()
-            deadline = time.monotonic() + WAVE_TIMEOUT
-            for p in procs:
-                assert p.stdout is not None
-                left = max(1.0, deadline - time.monotonic())
-                try:
-                    out, err = p.communicate(timeout=left)
-                except subprocess.TimeoutExpired:
-                    raise SystemExit(
-                        f"wave {server.name}/{strategy}/{n} exceeded {WAVE_TIMEOUT:g} s"
-                    ) from None
-                if p.returncode != 0 or not out.strip():
-                    raise SystemExit(f"fleet worker failed ({p.returncode}):\n{err[-3000:]}")
-                outputs.append(json.loads(out.strip().splitlines()[-1]))
-        cpu1 = sum(_cpu_seconds(p) for p in server.pids)
-    finally:
+            workers.send(p, "go")
+        deadline = time.monotonic() + WAVE_TIMEOUT
         for p in procs:
-            if p.poll() is None:
-                os.kill(p.pid, signal.SIGKILL)
-                p.wait(10)
+            outputs.append(json.loads(workers.read(p, max(1.0, deadline - time.monotonic()))))
+    cpu1 = sum(_cpu_seconds(p) for p in server.pids)
     hosts = [h for o in outputs for h in o["hosts"]]
     ok = [h for h in hosts if h["error"] is None]
     errors: dict[str, int] = {}
@@ -734,6 +757,7 @@ def run_wave(
         "statuses": statuses,
         "server_cpu_s": cpu1 - cpu0,
         "server_cpu_util": (cpu1 - cpu0) / makespan if makespan > 0 else 0.0,
+        "server_cpu_ms_per_update": 1000 * (cpu1 - cpu0) / n,
         "server_peak_rss": sampler.peak_rss,
         "server_rss_start": rss[0] if rss else sampler.peak_rss,
         "server_rss_end": rss[-1] if rss else sampler.peak_rss,
@@ -771,6 +795,7 @@ def knees(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def table(rows: Sequence[dict[str, Any]]) -> str:
     headers = ["server", "strategy", "N", "ok", "err", "p50 s", "p99 s", "makespan s",
                "updates/s", "req/host", "req/s", "MB/host", "MB/s", "srv CPU s", "srv CPU %",
+               "srv CPU ms/update",
                "srv RSS MiB (start→peak)", "srv fds peak", "client CPU s"]  # fmt: skip
     body = []
     for r in rows:
@@ -780,7 +805,7 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
             f"{r['makespan_s']:.2f}", f"{r['updates_per_s']:.1f}", f"{r['requests_per_host']:.1f}",
             f"{r['requests_per_s']:.0f}", f"{r['bytes_per_host'] / MB:.2f}",
             f"{r['bytes_per_s'] / MB:.0f}", f"{r['server_cpu_s']:.1f}",
-            f"{100 * r['server_cpu_util']:.0f}",
+            f"{100 * r['server_cpu_util']:.0f}", f"{r['server_cpu_ms_per_update']:.1f}",
             f"{r['server_rss_start'] / 2**20:.0f}→{r['server_peak_rss'] / 2**20:.0f}",
             r["server_peak_fds"], f"{r['client_cpu_s']:.1f}",
         ])  # fmt: skip
@@ -899,23 +924,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         images = build_images(v1_tree, v2_tree, work, level)
         print(f"# images: {json.dumps(images)}", file=sys.stderr, flush=True)
         extra = [tuple(x.split("/")) for x in args.jitter_rows.split(",") if x]
-        with servers_running(servers, work, images) as running:
-            v1_layout = images["v1"]["layout"]
-            for srv_name in servers:
-                srv = running[srv_name]
-                for strategy in strategies:
-                    # One host first: fills caches (the CDN's, the page cache), not counted.
-                    run_wave(srv, strategy, 1, v1_layout, 1, 0.0, 0)
-                    for n in hosts:
-                        r = run_wave(srv, strategy, n, v1_layout, args.workers, args.jitter, n)
-                        r["note"] = srv.note
-                        rows.append(r)
-                        print(table([r]).splitlines()[-1], file=sys.stderr, flush=True)
-            for srv_name, strategy, n_text, jit in extra:
-                r = run_wave(running[srv_name], strategy, int(n_text), v1_layout, args.workers,
-                             float(jit), int(n_text))  # fmt: skip
-                rows.append(r)
-                print(table([r]).splitlines()[-1], file=sys.stderr, flush=True)
+        pool = Workers(args.workers, images["v1"]["layout"])
+        try:
+            with servers_running(servers, work, images) as running:
+                for srv_name in servers:
+                    srv = running[srv_name]
+                    for strategy in strategies:
+                        # One host first: fills caches (the CDN's, the page cache); not counted.
+                        run_wave(srv, strategy, 1, pool, 0.0, 0)
+                        for n in hosts:
+                            r = run_wave(srv, strategy, n, pool, args.jitter, n)
+                            r["note"] = srv.note
+                            rows.append(r)
+                            print(table([r]).splitlines()[-1], file=sys.stderr, flush=True)
+                for srv_name, strategy, n_text, jit in extra:
+                    r = run_wave(running[srv_name], strategy, int(n_text), pool, float(jit),
+                                 int(n_text))  # fmt: skip
+                    r["note"] = running[srv_name].note
+                    rows.append(r)
+                    print(table([r]).splitlines()[-1], file=sys.stderr, flush=True)
+        finally:
+            pool.close()
     info = machine_info()
     load1 = os.getloadavg()
     header = (

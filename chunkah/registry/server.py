@@ -84,8 +84,13 @@ access_log = logging.getLogger("chunkah.registry.access")
 #: Largest request header field accepted (room for ~1024 ranges of 12-digit offsets).
 MAX_RANGE_HEADER = 64 << 10
 _IO_BLOCK = 1 << 20
+#: Bodies up to this size are read with one pread on the event loop and written
+#: (page-cache reads of this size take tens of microseconds; loop.sendfile and a
+#: worker thread each cost more than that per request).
+_INLINE_BODY = 256 << 10
 _API_HEADER = {"Docker-Distribution-API-Version": "registry/2.0"}
 _OCTET = "application/octet-stream"
+_EXISTS_TTL = 1.0
 _CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)$")
 
 
@@ -174,6 +179,7 @@ class _Upload:
 class _Repo:
     store: RepoStore
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    seen: float = -1e9  # monotonic time its layout was last seen to exist
 
 
 class Registry:
@@ -186,6 +192,9 @@ class Registry:
         self._create_lock = asyncio.Lock()
 
     def repo(self, name: str) -> _Repo:
+        known = self._repos.get(name)  # only valid names are ever remembered
+        if known is not None:
+            return known
         if not is_valid_name(name):
             raise RegistryError(
                 400,
@@ -204,8 +213,14 @@ class Registry:
 
     def existing(self, name: str) -> _Repo:
         repo = self.repo(name)
+        # A stat per request is measurable under a fleet's load; a repository removed
+        # by hand is noticed within a second (repositories are never removed by us).
+        now = time.monotonic()
+        if now - repo.seen < _EXISTS_TTL:
+            return repo
         if not repo.store.exists():
             raise _name_unknown(name)
+        repo.seen = now
         return repo
 
     async def created(self, name: str) -> _Repo:
@@ -407,17 +422,29 @@ def _load_manifest(store: RepoStore, reference: str) -> tuple[bytes, str, str] |
     body = store.read_small_blob(digest)
     if body is None:
         return None
-    info = manifest_info(body, desc.media_type if desc is not None else None)
+    info = store.manifest_info(digest, body, desc.media_type if desc is not None else None)
     if info is None:
         return None  # a layer or config blob is not a manifest
     media_type = desc.media_type if desc is not None else info.media_type
     return body, media_type, digest
 
 
+def _manifest_in_memory(store: RepoStore, reference: str) -> bool:
+    """Whether :func:`_load_manifest` would read no file (so it can run on the loop)."""
+    if not store.index_cached():
+        return False
+    desc = store.find_manifest(reference)
+    digest = desc.digest if desc is not None else reference
+    return store.small_blob_cached(digest)
+
+
 async def _get_manifest(request: web.Request, name: str, reference: str) -> web.StreamResponse:
     repo = request.app[REGISTRY_KEY].existing(name)
     _check_reference(reference)
-    found = await asyncio.to_thread(_load_manifest, repo.store, reference)
+    if _manifest_in_memory(repo.store, reference):
+        found = _load_manifest(repo.store, reference)  # two stats and dict lookups
+    else:
+        found = await asyncio.to_thread(_load_manifest, repo.store, reference)
     if found is None:
         raise RegistryError(
             404,
@@ -625,7 +652,7 @@ async def _get_blob(request: web.Request, name: str, digest: str) -> web.StreamR
     repo = request.app[REGISTRY_KEY].existing(name)
     if not is_valid_digest(digest):
         raise _digest_invalid(digest)
-    opened = await asyncio.to_thread(_open_blob, repo.store, digest)
+    opened = _open_blob(repo.store, digest)
     if opened is None:
         raise RegistryError(
             404,
@@ -693,6 +720,11 @@ async def _send_file_range(
     """Send ``count`` bytes from ``offset``: sendfile when the transport allows it."""
     transport = request.transport
     try:
+        if count <= _INLINE_BODY:
+            block = os.pread(f.fileno(), count, offset)
+            await resp.write(block)
+            resp.sent += len(block)
+            return
         if transport is not None and not transport.is_closing():
             try:
                 await asyncio.get_running_loop().sendfile(transport, f, offset, count)
@@ -741,11 +773,16 @@ async def _send_multipart(
     request: web.Request, resp: _BlobResponse, f: BinaryIO, plan: MultipartPlan
 ) -> None:
     part, done = 0, 0
+    # Small bodies are read on the loop: a worker thread costs more than the read.
+    inline = plan.content_length <= _INLINE_BODY
     try:
         while part <= len(plan.ranges):
-            block, part, done = await asyncio.to_thread(
-                _multipart_block, f.fileno(), plan, part, done
-            )
+            if inline:
+                block, part, done = _multipart_block(f.fileno(), plan, part, done)
+            else:
+                block, part, done = await asyncio.to_thread(
+                    _multipart_block, f.fileno(), plan, part, done
+                )
             await resp.write(block)
             resp.sent += len(block)
     except (ConnectionError, RuntimeError) as exc:

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,10 @@ _RESERVED = frozenset({"blobs", "index.json", "oci-layout"})
 _STATE_DIR = ".chunkah"
 _UUID_RE = re.compile(r"^[a-f0-9]{32}$")
 _BUF = 1 << 20
+#: Manifests up to this size are kept in memory once read ...
+SMALL_CACHE_ITEM = 1 << 20
+#: ... up to this many bytes per repository (oldest dropped first).
+SMALL_CACHE_BYTES = 16 << 20
 
 
 def is_valid_name(name: str) -> bool:
@@ -176,6 +181,14 @@ class RepoStore:
         self.path = root.joinpath(*name.split("/"))
         self.layout = OciLayout(self.path)
         self.state = self.path / _STATE_DIR
+        # A fleet asks for the same manifest thousands of times a minute: index.json is
+        # parsed again only when its (inode, mtime, size) change (writes are atomic
+        # renames), and small manifests are kept, checked against the file's size.
+        self._index_cache: tuple[tuple[int, ...], Index, dict[str, Descriptor]] | None = None
+        self._index_writes = 0  # part of the key: our own writes always invalidate
+        self._small: dict[str, tuple[bytes, ManifestInfo | None]] = {}
+        self._small_bytes = 0
+        self._small_lock = threading.Lock()
 
     # -- existence and creation --
     def exists(self) -> bool:
@@ -235,15 +248,61 @@ class RepoStore:
         return True
 
     def read_small_blob(self, digest: str, limit: int = MAX_MANIFEST_SIZE) -> bytes | None:
-        """A blob of at most ``limit`` bytes whose sha256 matches; None if missing or not."""
+        """A blob of at most ``limit`` bytes whose sha256 matches; None if missing or not.
+
+        Blobs up to :data:`SMALL_CACHE_ITEM` bytes are remembered (at most
+        :data:`SMALL_CACHE_BYTES` in all); a remembered one is returned after a
+        ``stat`` shows the file is still there with the same size.
+        """
+        path = self.blob_path(digest)
+        cached = self._small.get(digest)
+        if cached is not None:
+            try:
+                st = os.stat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                self._forget_small(digest)
+                return None
+            if st.st_size == len(cached[0]) and len(cached[0]) <= limit:
+                return cached[0]
+            self._forget_small(digest)
         try:
-            with open(self.blob_path(digest), "rb") as f:
+            with open(path, "rb") as f:
                 data = f.read(limit + 1)
-        except (FileNotFoundError, IsADirectoryError):
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
         if len(data) > limit or "sha256:" + hashlib.sha256(data).hexdigest() != digest:
             return None
+        if len(data) <= SMALL_CACHE_ITEM:
+            with self._small_lock:
+                if digest not in self._small:
+                    while self._small and self._small_bytes + len(data) > SMALL_CACHE_BYTES:
+                        old = next(iter(self._small))  # oldest first (dicts keep order)
+                        self._small_bytes -= len(self._small.pop(old)[0])
+                    self._small[digest] = (data, None)
+                    self._small_bytes += len(data)
         return data
+
+    def _forget_small(self, digest: str) -> None:
+        with self._small_lock:
+            gone = self._small.pop(digest, None)
+            if gone is not None:
+                self._small_bytes -= len(gone[0])
+
+    def small_blob_cached(self, digest: str) -> bool:
+        """Whether :meth:`read_small_blob` would answer from memory (after one stat)."""
+        return digest in self._small
+
+    def manifest_info(self, digest: str, body: bytes, declared: str | None) -> ManifestInfo | None:
+        """:func:`manifest_info` of a stored manifest, remembered beside its bytes."""
+        cached = self._small.get(digest)
+        if cached is not None and cached[0] is body and cached[1] is not None:
+            return cached[1]
+        info = manifest_info(body, declared)
+        if cached is not None and cached[0] is body and info is not None:
+            with self._small_lock:
+                if self._small.get(digest) is cached:
+                    self._small[digest] = (body, info)
+        return info
 
     def write_blob_bytes(self, data: bytes) -> str:
         digest, _ = self.layout.write_blob(data)
@@ -280,8 +339,34 @@ class RepoStore:
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
+    def _index_key(self) -> tuple[int, ...] | None:
+        writes = self._index_writes
+        try:
+            st = os.stat(self.path / "index.json")
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return (writes, st.st_ino, st.st_mtime_ns, st.st_size)
+
     def read_index(self) -> Index:
-        return self.layout.read_index()
+        key = self._index_key()
+        cached = self._index_cache
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        index = self.layout.read_index()
+        if key is not None:
+            by_ref: dict[str, Descriptor] = {}
+            for d in index.manifests:  # the last entry for a tag or digest wins
+                if d.ref_name:
+                    by_ref[d.ref_name] = d
+                by_ref[d.digest] = d
+            # One assignment: readers in other threads see the old triple or the new one.
+            self._index_cache = (key, index, by_ref)
+        return index
+
+    def index_cached(self) -> bool:
+        """Whether ``index.json`` is unchanged since it was last parsed (one stat)."""
+        cached = self._index_cache
+        return cached is not None and cached[0] == self._index_key()
 
     def put_manifest(self, desc: Descriptor, tag: str | None) -> None:
         """List a stored manifest in ``index.json``.
@@ -337,18 +422,29 @@ class RepoStore:
             return True
 
     def _write_index(self, index: Index, entries: list[Descriptor]) -> None:
-        self.layout.write_index(
-            Index(
-                manifests=tuple(entries),
-                media_type=index.media_type or OCI_INDEX,
-                annotations=index.annotations,
-                extra=index.extra,
+        # Before and after: a reader that parsed the old file meanwhile stores a key
+        # that can never match again, even if a later file reuses the old inode.
+        self._index_writes += 1
+        self._index_cache = None
+        try:
+            self.layout.write_index(
+                Index(
+                    manifests=tuple(entries),
+                    media_type=index.media_type or OCI_INDEX,
+                    annotations=index.annotations,
+                    extra=index.extra,
+                )
             )
-        )
+        finally:
+            self._index_writes += 1
+            self._index_cache = None
 
     def find_manifest(self, reference: str) -> Descriptor | None:
         """The ``index.json`` entry for a tag (last wins) or a digest (tagged or not)."""
         index = self.read_index()
+        cached = self._index_cache
+        if cached is not None and cached[1] is index:
+            return cached[2].get(reference)
         found: Descriptor | None = None
         for d in index.manifests:
             if d.ref_name == reference or d.digest == reference:
