@@ -11,7 +11,8 @@ STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
 .PHONY: setup debs venv demo test lint format typecheck bench bench-cdc bench-build bench-layers \
-        bench-format bench-update bench-registry bench-suite bench-quick clean
+        bench-format bench-update bench-registry bench-suite bench-quick bench-fleet \
+        bench-fleet-quick clean
 
 setup: debs venv
 
@@ -79,6 +80,15 @@ bench-suite: setup
 # beyond benchmarks/thresholds.json (run by `make test`).
 bench-quick: setup
 	$(BIN)/python benchmarks/suite.py --profile quick
+
+# Fleet scale (issue 11): N hosts updating at once against chunkah serve, docker-registry
+# and an nginx CDN edge. Full sweep (tiny series, N up to 1000: about 15 min) and a
+# quick profile (synthetic tree, N = 10 and 100: under 90 s).
+bench-fleet: setup
+	$(BIN)/python benchmarks/fleet.py --profile full
+
+bench-fleet-quick: setup
+	$(BIN)/python benchmarks/fleet.py --profile quick
 
 # Every benchmark program; results in benchmarks/results/, summary in benchmarks/RESULTS.md.
 # (bench-update's methods are all in the suite; run it on its own for 3-run medians.)
