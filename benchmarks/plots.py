@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,28 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter, LogLocator
+
+#: Colours by strategy: ours warm, client-side peers cool, per-pair deltas purple, the
+#: full pull grey; anything new gets the next tab10 colour.
+COLOURS = {
+    "full-gzip": "#7f7f7f",
+    "layers-stateless": "#fdae6b",
+    "layers-history": "#e6550d",
+    "chunkah-update": "#a50f15",
+    "chunkah-delta": "#fb6a4a",
+    "podman-zstd-chunked": "#3182bd",
+    "casync": "#9ecae1",
+    "zchunk": "#31a354",
+    "rsync": "#a1d99b",
+    "ostree-delta": "#756bb1",
+    "xdelta3": "#bcbddc",
+    "zstd-patch-from": "#dadaeb",
+}
+
+
+def _mb(y: float, _pos: object) -> str:
+    return f"{y:g}"
 
 
 def plot_bytes(doc: dict[str, Any], out: Path) -> bool:
@@ -18,7 +41,12 @@ def plot_bytes(doc: dict[str, Any], out: Path) -> bool:
     there is nothing to plot.
     """
     labels = {s["name"]: s["label"] for s in doc["strategies"]}
-    panels = [(n, s["steps"]) for n, s in doc["series"].items() if s["steps"]]
+
+    def measured(st: dict[str, Any]) -> bool:
+        return any(c.get("status") == "ok" for c in st["cells"].values())
+
+    panels = [(n, [st for st in s["steps"] if measured(st)]) for n, s in doc["series"].items()]
+    panels = [(n, steps) for n, steps in panels if steps]
     if not panels:
         return False
     names = [
@@ -30,7 +58,16 @@ def plot_bytes(doc: dict[str, Any], out: Path) -> bool:
             for st in ss
         )
     ]
-    colours = plt.get_cmap("tab20")
+    spare = iter(plt.get_cmap("tab10").colors)
+    colour = {n: COLOURS.get(n) or next(spare) for n in names}
+    low = min(
+        c["bytes"]
+        for _, ss in panels
+        for st in ss
+        for c in st["cells"].values()
+        if c.get("status") == "ok" and c.get("bytes", 0) > 0
+    )
+    bottom = 10 ** math.floor(math.log10(low / 1e6))
     ncols = min(2, len(panels))
     nrows = (len(panels) + ncols - 1) // ncols
     fig, axes = plt.subplots(nrows, ncols, figsize=(7.5 * ncols, 3.6 * nrows + 1.2), squeeze=False)
@@ -45,12 +82,17 @@ def plot_bytes(doc: dict[str, Any], out: Path) -> bool:
                 xs.append(j - 0.4 + (i + 0.5) * width)
                 ys.append(c["bytes"] / 1e6)
                 bad.append(not (c.get("tree") or {}).get("ok", False))
-            bars = ax.bar(xs, ys, width, color=colours(i % 20), label=labels[name])
+            bars = ax.bar(xs, ys, width, color=colour[name], label=labels[name])
             for bar, wrong in zip(bars, bad, strict=True):
                 if wrong:
                     bar.set_hatch("///")
                     bar.set_edgecolor("black")
         ax.set_yscale("log")
+        ax.set_ylim(bottom=bottom)
+        ax.set_xlim(-0.5, len(steps) - 0.5)
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(_mb))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda _y, _p: ""))
         ax.set_xticks(range(len(steps)), [st["step"] for st in steps], fontsize=8)
         ax.set_title(f"{series}", fontsize=10)
         ax.set_ylabel("MB on the wire (log)")
@@ -58,13 +100,15 @@ def plot_bytes(doc: dict[str, Any], out: Path) -> bool:
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     handles, hlabels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, hlabels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    per_row = 3 if ncols > 1 else 2
+    fig.legend(handles, hlabels, loc="lower center", ncol=per_row, fontsize=8, frameon=False)
     fig.suptitle(
         f"Bytes per update, every strategy ({doc['machine']['date']}; hatched: wrong tree)",
         fontsize=11,
     )
-    legend_rows = (len(names) + 2) // 3
-    fig.tight_layout(rect=(0, 0.035 * legend_rows + 0.02, 1, 0.97))
+    legend_rows = (len(names) + per_row - 1) // per_row
+    height = fig.get_size_inches()[1]
+    fig.tight_layout(rect=(0, min(0.5, 0.2 * legend_rows / height + 0.02), 1, 0.97))
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return True

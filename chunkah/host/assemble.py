@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chunkah.errors import StateError, VerificationError
+from chunkah.host.deploy import crash_point
 from chunkah.host.index import IndexEntry, LayerIndex
 from chunkah.host.plan import FileStep, UpdatePlan
 from chunkah.tree import Entry, EntryType, FileContent, Tree, write_tar
@@ -163,6 +164,7 @@ def assemble(
                     try:
                         do_link(_join(cur, step.local), dest)
                         stats.linked += 1
+                        crash_point("file-linked")
                         continue
                     except OSError:
                         step = FileStep(step.entry, step.layer, "copy", local=step.local)
@@ -179,6 +181,7 @@ def assemble(
                     if progress is not None:
                         progress(n)
                 _apply_metadata(dest, entry)
+                crash_point("file-written")
             elif kind == "hardlink":
                 os.link(_join(root, entry.link), dest)
             elif kind == "symlink":
@@ -198,6 +201,7 @@ def assemble(
                     os.fsync(fd)
                 finally:
                     os.close(fd)
+            crash_point("dir-written")
     except OSError as exc:
         if exc.errno == 28:  # ENOSPC
             raise StateError(

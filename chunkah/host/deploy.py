@@ -43,6 +43,7 @@ from chunkah.tree.model import keep_xattr
 
 __all__ = [
     "CRASH_ENV",
+    "CRASH_LOG_ENV",
     "GcReport",
     "apply_dir_metadata",
     "chunkah_toc_chunks",
@@ -50,6 +51,7 @@ __all__ = [
     "commit_deployment",
     "copy_entry",
     "copy_tree",
+    "crash_point",
     "fsync_file",
     "fsync_tree",
     "link_or_copy",
@@ -74,9 +76,38 @@ CHECKPOINTS = (
 )
 
 
-def _checkpoint(name: str) -> None:
-    if os.environ.get(CRASH_ENV) == name:
+#: Tests set this to a file: every checkpoint passed appends ``<n> <name>``, so a test
+#: can enumerate a clean run's checkpoints and then crash at each (``#<n>``).
+CRASH_LOG_ENV = "CHUNKAH_TEST_CRASH_LOG"
+_crash_hits = 0
+_crash_names: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    """Die here as kill -9 would (no cleanup, no flush) when a test asks for it.
+
+    ``CHUNKAH_TEST_CRASH_AT=<name>`` dies at the first checkpoint of that name,
+    ``<name>#<k>`` at its k-th pass, ``#<n>`` at the n-th checkpoint this process passes
+    whatever its name (fetch, assemble, fsync, switch): deterministic crash sweeps.
+    """
+    at = os.environ.get(CRASH_ENV)
+    log = os.environ.get(CRASH_LOG_ENV)
+    if at is None and log is None:
+        return
+    global _crash_hits
+    _crash_hits += 1
+    seen = _crash_names[name] = _crash_names.get(name, 0) + 1
+    if log:
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, f"{_crash_hits} {name}#{seen}\n".encode())
+        finally:
+            os.close(fd)
+    if at in (name, f"{name}#{seen}", f"#{_crash_hits}"):
         os._exit(CRASH_EXIT)
+
+
+_checkpoint = crash_point
 
 
 # --- durability -------------------------------------------------------------------------
@@ -110,6 +141,7 @@ def fsync_tree(root: Path | str, *, files: bool = True) -> None:
         dpath, listed = stack.pop()
         if listed:
             fsync_dir(dpath)
+            crash_point("dir-synced")
             continue
         stack.append((dpath, True))
         with os.scandir(dpath) as it:

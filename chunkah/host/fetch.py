@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,14 +19,14 @@ from typing import Protocol
 import zstandard
 
 from chunkah.errors import VerificationError
-from chunkah.host.deploy import CRASH_ENV, CRASH_EXIT
+from chunkah.host.deploy import crash_point
 from chunkah.host.index import LayerIndex
 from chunkah.host.plan import ChunkStep, FetchRange, UpdatePlan
 from chunkah.registry.client import RegistryClient
 from chunkah.registry.fetcher import RangeFetcher, RangeOptions
 from chunkah.registry.reference import RegistryReference
 
-__all__ = ["ChunkStore", "FetchStats", "fetch_plan", "frames_to_chunks"]
+__all__ = ["ChunkStore", "FetchStats", "crash_point", "fetch_plan", "frames_to_chunks"]
 
 
 class ChunkStore(Protocol):
@@ -49,12 +48,6 @@ class FetchStats:
 
 
 Progress = Callable[[int, int], None]  # (compressed bytes done, chunks done)
-
-
-def crash_point(name: str) -> None:
-    """Tests set CHUNKAH_TEST_CRASH_AT to die here as kill -9 would (no cleanup)."""
-    if os.environ.get(CRASH_ENV) == name:
-        os._exit(CRASH_EXIT)
 
 
 def frames_to_chunks(plan: UpdatePlan) -> dict[tuple[int, int], list[ChunkStep]]:
@@ -135,6 +128,7 @@ async def _fetch_layer(
             for sha, piece in pieces:
                 if not store.has(sha):
                     store.put(sha, piece)
+                    crash_point("chunk-stored")
                 stats.chunks += 1
                 stats.chunk_bytes += len(piece)
             stats.ranges += 1

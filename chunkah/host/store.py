@@ -21,7 +21,7 @@ import zstandard
 
 from chunkah.errors import StateError, VerificationError
 from chunkah.format.toc import decode_toc_frame
-from chunkah.host.deploy import collect_garbage, commit_deployment
+from chunkah.host.deploy import collect_garbage, commit_deployment, crash_point
 from chunkah.host.index import ChunkRef, IndexEntry, LayerIndex, index_from_toc
 from chunkah.host.sysroot import DeploymentMetadata, LayerRecord, Sysroot, is_disk_full
 
@@ -157,6 +157,7 @@ class HostStore:
         self._pending_tocs[layer_digest] = (frame, _FORMAT_CHUNKAH)
         digest = "sha256:" + hashlib.sha256(frame).hexdigest()
         self.sysroot.toc_put(digest, frame, sync=False)
+        crash_point("toc-stored")
 
     def save_listing(self, layer_digest: str, index: LayerIndex) -> None:
         self._pending_tocs[layer_digest] = (_listing_json(index), _FORMAT_LISTING)

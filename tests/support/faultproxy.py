@@ -24,7 +24,12 @@ the body bytes the proxy sent, so a test can prove that no blob went twice.
 
 ``auth="bearer"`` makes the proxy demand its own tokens (``/token`` issues them
 and logs the scopes asked); ``redirect_blobs_to`` answers blob GETs with 307 to
-another server (a different origin), as registries do with CDNs.
+another server (a different origin), as registries do with CDNs.  ``rate`` (bytes
+per second) paces blob bodies like a real link, so a client killed mid-response has
+only a little in flight (on loopback the kernel buffers would take it all at once).
+
+``proxy_thread(upstream, ...)`` runs a proxy in a background thread (its own event
+loop) for tests that drive the CLI in subprocesses; it yields the started proxy.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -94,7 +102,9 @@ class FaultProxy:
         auth: str | None = None,
         redirect_blobs_to: str | None = None,
         blob_size: int | None = None,
+        rate: float | None = None,
     ) -> None:
+        self.rate = rate
         self.upstream = upstream.rstrip("/")
         self.faults = list(faults or [])
         self.auth = auth
@@ -149,6 +159,11 @@ class FaultProxy:
 
     def blob_bytes(self) -> int:
         return sum(r.bytes for r in self.blob_requests())
+
+    @property
+    def active(self) -> int:
+        """Requests being answered now (a test waits for 0 before adding up bytes)."""
+        return sum(self._counts.values()) - len(self.requests)
 
     def expire_tokens(self) -> None:
         self.tokens.clear()
@@ -278,11 +293,25 @@ class FaultProxy:
                     if flips and fault is not None and sent <= fault.after < sent + len(chunk):
                         i = fault.after - sent
                         chunk = chunk[:i] + bytes([chunk[i] ^ 0xFF]) + chunk[i + 1 :]
+                    if self.rate and kind == "blob":
+                        for i in range(0, len(chunk), 16384):
+                            piece = chunk[i : i + 16384]
+                            if request.transport is None or request.transport.is_closing():
+                                raise ConnectionResetError("the client went away")
+                            await resp.write(piece)
+                            sent += len(piece)
+                            await asyncio.sleep(len(piece) / self.rate)
+                        continue
                     await resp.write(chunk)
                     sent += len(chunk)
                 await resp.write_eof()
             except (ConnectionError, aiohttp.ClientError):
                 pass  # the client went away (e.g. closed after its idle timeout)
+            except asyncio.CancelledError:
+                # aiohttp cancels the handler when the client disconnects (a killed
+                # client): what was sent until then still counts.
+                self._log(n, kind, request, up.status, sent, fault)
+                raise
             self._log(n, kind, request, up.status, sent, fault)
             return resp
 
@@ -309,3 +338,22 @@ class FaultProxy:
             transport.abort()
         else:
             transport.close()
+
+
+@contextmanager
+def proxy_thread(
+    upstream: str, faults: list[Fault] | None = None, **kw: Any
+) -> Iterator[FaultProxy]:
+    """A started :class:`FaultProxy` served by its own event loop in a daemon thread."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    proxy = FaultProxy(upstream, faults, **kw)
+    try:
+        asyncio.run_coroutine_threadsafe(proxy.start(), loop).result(30)
+        yield proxy
+    finally:
+        asyncio.run_coroutine_threadsafe(proxy.stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()
