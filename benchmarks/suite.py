@@ -528,6 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--strategies", help="comma-separated strategy names (default: all)")
     ap.add_argument("--fresh", action="store_true", help="ignore stored cells")
     ap.add_argument("--no-sweep", action="store_true", help="skip the chunk-size sweep")
+    ap.add_argument("--sweep-only", action="store_true", help="only the chunk-size sweep")
     ap.add_argument(
         "--stored-only",
         action="store_true",
@@ -559,7 +560,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ],
     }
     t0 = time.perf_counter()
-    run_suite(args, profile, doc)
+    if not args.sweep_only:
+        run_suite(args, profile, doc)
     run_sweep(args, profile, doc)
     doc["seconds"] = round(time.perf_counter() - t0, 1)
     failures: list[str] = []
