@@ -474,10 +474,12 @@ def _v2_files(
     return new
 
 
-def tiny_trees() -> tuple[Path, Path]:
-    out = _run([sys.executable, str(HERE / "series.py"), "tiny"], timeout=3600)
+def series_trees(name: str, step: int = 1) -> tuple[Path, Path]:
+    """Versions ``step`` and ``step + 1`` of a series from benchmarks/series.py (built
+    and cached there)."""
+    out = _run([sys.executable, str(HERE / "series.py"), name], timeout=3600)
     dirs = [Path(line) for line in out.split()]
-    return dirs[0], dirs[1]
+    return dirs[step - 1], dirs[step]
 
 
 def build_images(v1: Path, v2: Path, work: Path, level: int | None) -> dict[str, Any]:
@@ -829,6 +831,130 @@ def knees(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+# -- the fallback ladder's cost, from a real plan ------------------------------------
+
+#: Front behaviours for multi-range requests, as docs/registry-client.md's ladder meets them.
+FRONTS = {
+    "multipart": "multi-range answered (multipart/byteranges): the normal case",
+    "cap16-200": "more than 16 ranges get 200 + the whole blob (nginx max_ranges 16)",
+    "cap1-200": "any multi-range request gets 200 + the whole blob (max_ranges 1)",
+    "one-part": "a multi-range request gets a 206 with one part: one range per request",
+    "halve-416": "multi-range refused with 416/501: halved down to one range per request",
+    "no-ranges": "Range ignored, 200 + the whole blob to every range request",
+}
+
+
+def ladder_costs(v1_layout: Path, v2_layout: Path) -> dict[str, Any]:
+    """Bytes and requests of one host's update (v1 -> v2) for each front behaviour.
+
+    The plan and the packing of its ranges into requests are the client's own
+    (``plan_update``, ``merge_ranges``, ``plan_requests`` with ``RangeOptions``'
+    defaults); what each answer costs follows the fallback ladder: the first span is a
+    single-range probe, the largest planned request is the multi-range probe, a 200 is
+    the whole blob (once per fetcher), 416/501 halve ``max_ranges``.  Per layer, the
+    TOC is fetched by one fetcher and the chunks by another (``chunkah update`` as of
+    this commit), so a front that ignores Range costs such a layer twice.
+    """
+    from chunkah.host.plan import plan_update
+    from chunkah.oci import OciLayout, resolve_image
+    from chunkah.registry.fetcher import RangeOptions
+    from chunkah.registry.ranges import Span, merge_ranges, plan_requests
+
+    shared = Shared(v1_layout, "v1")
+    layout = OciLayout(v2_layout)
+    image = resolve_image(layout, "v2")
+    indexes = []
+    for i, desc in enumerate(image.manifest.layers):
+        known = shared.v1_layers.get(desc.digest)
+        if known is None:
+            pos = _toc_position(desc)
+            with layout.blob_path(desc.digest).open("rb") as f:
+                f.seek(pos[0])
+                known = shared.index(desc, image.config.diff_ids[i], f.read(pos[1]), pos)
+        indexes.append(known)
+    plan = plan_update(indexes, shared.inventory)
+    opts = RangeOptions()
+    base_req = 2  # manifest + config
+    base_bytes = len(image.manifest_bytes) + len(image.config_bytes)
+    changed = [i for i, ix in enumerate(indexes) if ix.digest not in shared.v1_layers]
+    toc_bytes = sum(indexes[i].toc_bytes for i in changed)
+    spans_by_layer: dict[int, list[Span]] = {}
+    for r in plan.fetch:
+        spans_by_layer.setdefault(r.layer, []).append(Span(r.offset, r.offset + r.length))
+    out: dict[str, Any] = {
+        "layers": len(indexes),
+        "changed_layers": len(changed),
+        "changed_layer_bytes": sum(indexes[i].blob_size for i in changed),
+        "image_bytes": sum(ix.blob_size for ix in indexes),
+        "layers_with_ranges": len(spans_by_layer),
+        "spans": sum(len(merge_ranges(v, max_gap=opts.merge_gap)) for v in spans_by_layer.values()),
+        "fronts": {},
+    }
+    for front in FRONTS:
+        req = base_req + len(changed)  # manifest, config, one TOC range per changed layer
+        nbytes = base_bytes + toc_bytes
+        for li, raw in spans_by_layer.items():
+            spans = merge_ranges(raw, max_gap=opts.merge_gap)
+            size = indexes[li].blob_size
+            want = sum(sp.end - sp.start for sp in spans)
+            if front == "no-ranges":
+                # The TOC fetcher already downloaded the blob whole; the chunk fetcher does again.
+                req += 1
+                nbytes += size + size - indexes[li].toc_bytes
+                continue
+            req += 1  # the single-range probe (first span)
+            rest = spans[1:]
+            if not rest:
+                nbytes += want
+                continue
+            groups = plan_requests(rest, max_ranges=opts.max_ranges,
+                                   max_header_bytes=opts.max_header_bytes)  # fmt: skip
+            cap = {"cap16-200": 16, "cap1-200": 1}.get(front)
+            if cap is not None and max(len(g) for g in groups) > cap:
+                req += 1  # the multi-range probe, answered 200: the whole blob
+                nbytes += spans[0].end - spans[0].start + size
+                continue
+            if front == "one-part":
+                # The multi-range probe comes back with one part, then one span a request.
+                req += len(rest)
+                nbytes += want
+                continue
+            if front == "halve-416":
+                tries = 0
+                k = max(len(g) for g in groups)
+                while k > 1:
+                    tries += 1  # each refused probe halves max_ranges
+                    k = max(1, k // 2)
+                req += tries + len(rest)
+                nbytes += want
+                continue
+            req += len(groups)
+            nbytes += want + 100 * len(rest)  # multipart framing: ~100 bytes a part
+        out["fronts"][front] = {"requests": req, "bytes": nbytes}
+    return out
+
+
+def ladder_table(series: str, c: dict[str, Any]) -> str:
+    base = c["fronts"]["multipart"]
+    rows = [
+        [front, FRONTS[front], v["requests"], f"{v['bytes'] / MB:.2f}",
+         f"{v['bytes'] / base['bytes']:.2f}"]
+        for front, v in c["fronts"].items()
+    ]  # fmt: skip
+    head = (
+        f"{series} {c['changed_layers']} of {c['layers']} layers changed "
+        f"({c['changed_layer_bytes'] / MB:.2f} of {c['image_bytes'] / MB:.2f} MB), "
+        f"ranges in {c['layers_with_ranges']} layers, {c['spans']} spans after merging."
+    )
+    return (
+        head
+        + "\n\n"
+        + markdown_table(
+            ["front", "answers multi-range with", "requests", "MB", "x multipart"], rows
+        )
+    )
+
+
 # -- report ------------------------------------------------------------------------
 
 
@@ -935,6 +1061,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--verify", action="store_true",
                     help="hosts decompress and sha256-check every chunk (fetch_plan); off by "
                     "default: the requests are the same, the check costs the simulator's CPU")  # fmt: skip
+    ap.add_argument("--series", choices=["synthetic", "tiny", "app"],
+                    help="image series (default: the profile's)")  # fmt: skip
+    ap.add_argument("--step", type=int, default=1,
+                    help="update version STEP -> STEP+1 of the series (default 1)")  # fmt: skip
+    ap.add_argument("--ladder", action="store_true",
+                    help="no waves: the fallback ladder's cost per front for the series' "
+                    "plan (benchmarks/results/fleet-ladder-SERIES.{json,md})")  # fmt: skip
     ap.add_argument("--name", help="results file stem (default: fleet or fleet-quick)")
     ap.add_argument("--work", help="work directory (default: a temporary one)")
     args = ap.parse_args(argv)
@@ -958,14 +1091,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     with work_ctx as wd:
         work = Path(wd)
         work.mkdir(parents=True, exist_ok=True)
-        if prof["series"] == "tiny":
-            v1_tree, v2_tree = tiny_trees()
-            level = None
-        else:
+        series = args.series or prof["series"]
+        level: int | None = None
+        if series == "synthetic":
             v1_tree, v2_tree = synthetic_trees(work)
             level = 3
+        else:
+            v1_tree, v2_tree = series_trees(series, args.step)
         images = build_images(v1_tree, v2_tree, work, level)
         print(f"# images: {json.dumps(images)}", file=sys.stderr, flush=True)
+        if args.ladder:
+            costs = ladder_costs(Path(images["v1"]["layout"]), Path(images["v2"]["layout"]))
+            md = ladder_table(f"{series} step {args.step}:", costs)
+            print(md)
+            stem = f"fleet-ladder-{series}" + (f"-step{args.step}" if args.step != 1 else "")
+            write_json(stem, {"machine": machine_info(), "step": args.step, **costs})
+            (RESULTS_DIR / f"{stem}.md").write_text(md + "\n")
+            return 0
         rows_text = (
             args.jitter_rows if args.jitter_rows is not None else prof.get("jitter_rows", "")
         )
@@ -995,7 +1137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load1 = os.getloadavg()
     header = (
         f"Fleet waves over loopback, {info['date']}, {info['cpu']} ({info['cores']} cores), "
-        f"Python {info['python']}; profile {args.profile} ({prof['series']} v1 -> v2: "
+        f"Python {info['python']}; profile {args.profile} ({series} v1 -> v2: "
         f"{images['new_layers']} of {images['v2_layers']} layers new, "
         f"{images['new_layer_bytes'] / MB:.2f} of {images['v2_bytes'] / MB:.2f} MB); "
         f"{args.workers} client processes, chunk checks {'on' if args.verify else 'off'}; "
