@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chunkah.delta.encode import (
+    BSDIFF_XZ,
     BSDIFF_ZSTD,
     ZSTD_PATCH,
     DeltaError,
@@ -188,7 +189,7 @@ def mutate(rng: random.Random, data: bytes, edits: int) -> bytes:
     seed=st.integers(0, 2**32 - 1),
     size=st.integers(0, 40_000),
     edits=st.integers(0, 20),
-    encoding=st.sampled_from([ZSTD_PATCH, BSDIFF_ZSTD]),
+    encoding=st.sampled_from([ZSTD_PATCH, BSDIFF_ZSTD, BSDIFF_XZ]),
 )
 def test_encode_apply_round_trip(seed: int, size: int, edits: int, encoding: int) -> None:
     rng = random.Random(seed)
@@ -203,7 +204,7 @@ def test_encode_best_picks_the_smallest_and_deltas_are_small() -> None:
     old = rng.randbytes(300_000)
     new = mutate(rng, old, 10)
     encoding, delta = encode_best(old, new, level=19)
-    sizes = {e: len(encode(e, old, new, level=19)) for e in (ZSTD_PATCH, BSDIFF_ZSTD)}
+    sizes = {e: len(encode(e, old, new, level=19)) for e in (ZSTD_PATCH, BSDIFF_ZSTD, BSDIFF_XZ)}
     assert len(delta) == min(sizes.values()) and sizes[encoding] == len(delta)
     assert len(delta) < 5_000
     assert apply_delta(encoding, old, delta, len(new)) == new
@@ -212,7 +213,7 @@ def test_encode_best_picks_the_smallest_and_deltas_are_small() -> None:
 @settings(max_examples=60, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
-    encoding=st.sampled_from([ZSTD_PATCH, BSDIFF_ZSTD]),
+    encoding=st.sampled_from([ZSTD_PATCH, BSDIFF_ZSTD, BSDIFF_XZ]),
     flips=st.integers(1, 8),
 )
 def test_corrupt_deltas_fail_cleanly(seed: int, encoding: int, flips: int) -> None:
@@ -237,6 +238,10 @@ def test_apply_caps_output_and_rejects_junk() -> None:
         apply_delta(ZSTD_PATCH, old, delta, 100)  # more than promised
     with pytest.raises(DeltaError):
         apply_delta(BSDIFF_ZSTD, old, b"not zstd", 10)
+    with pytest.raises(DeltaError):
+        apply_delta(BSDIFF_XZ, old, b"\x01junk", 10)
+    with pytest.raises(DeltaError):  # a valid stream, but more than the file allows
+        apply_delta(BSDIFF_XZ, old, encode(BSDIFF_XZ, old, new), 10)
     with pytest.raises(DeltaError):
         apply_delta(99, old, delta, len(new))
 
