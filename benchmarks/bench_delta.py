@@ -27,9 +27,11 @@ excluded).  Writes benchmarks/results/bench_delta.{json,md} after every step.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 import traceback
@@ -47,7 +49,7 @@ from peers.ostree import measure_static_delta  # noqa: E402
 from peers.refdelta import measure_zstd_patch_from  # noqa: E402
 from peers.strategy import Step  # noqa: E402
 from peers.treecheck import short  # noqa: E402
-from peers.workspace import Workspace  # noqa: E402
+from peers.workspace import Workspace, code_state  # noqa: E402
 from support import debian  # noqa: E402
 
 #: issue 10's limits: our bytes / the peer's bytes, per series
@@ -57,6 +59,28 @@ LIMITS = {
     "os": ("ostree", 0.8),
     "numpy": ("zstd", 1.2),
 }
+
+
+#: What decides the bytes of a built image; the host, delta and registry code does not,
+#: so changing it does not rebuild the series' images (the workspace keys images by this).
+BUILD_CODE = (
+    "chunkah/build.py", "chunkah/packing.py", "chunkah/cdc.py", "chunkah/_cdc_python.py",
+    "chunkah/_cdc_tables.py", "chunkah/compression.py", "chunkah/_native", "chunkah/format",
+    "chunkah/oci", "chunkah/owners", "chunkah/tree",
+)  # fmt: skip
+
+
+def build_code_state() -> str:
+    names = subprocess.run(
+        ["git", "-C", str(HERE.parent), "ls-files", *BUILD_CODE],
+        capture_output=True, text=True, timeout=60, check=False,
+    ).stdout.split()  # fmt: skip
+    h = hashlib.sha256()
+    for name in sorted(names):
+        path = HERE.parent / name
+        h.update(name.encode() + b"\0")
+        h.update(path.read_bytes() if path.is_file() else b"<missing>")
+    return "b" + h.hexdigest()[:11]
 
 
 def log(msg: str) -> None:
@@ -176,7 +200,9 @@ def main() -> None:
         ws = Workspace(
             args.cache / "work" / name, name, [b.path for b in built], [b.key for b in built]
         )
-        doc["code"] = ws.code
+        ws.code = build_code_state()  # images: keyed by the build code only
+        doc["code"] = code_state()
+        doc["image_code"] = ws.code
         sdoc = doc["series"].setdefault(name, {"steps": []})
         steps = len(built) - 1 if args.max_steps is None else min(args.max_steps, len(built) - 1)
         scratch = args.cache / "scratch"
