@@ -71,9 +71,33 @@ __all__ = [
     "Compression",
     "CompressionError",
     "compress_stream",
+    "decompress_frame",
     "detect_compression",
     "open_decompressed",
 ]
+
+
+def decompress_frame(data: bytes, size: int) -> bytes:
+    """One zstd frame that must hold exactly ``size`` bytes, decompressed without ever
+    allocating more.
+
+    python-zstandard sizes its output by the content size a frame *declares* and then
+    ignores ``max_output_size``: a frame declaring gigabytes is allocated before any
+    check.  The declaration is compared with ``size`` first.  CompressionError otherwise.
+    """
+    if size <= 0:  # max_output_size=0 would mean "no limit"
+        raise CompressionError(f"a zstd frame of {size} bytes is not a frame")
+    try:
+        declared = zstandard.get_frame_parameters(data).content_size
+        if declared not in (size, zstandard.CONTENTSIZE_UNKNOWN):
+            raise CompressionError(f"zstd frame declares {declared} bytes where {size} belong")
+        out = zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
+    except zstandard.ZstdError as exc:
+        raise CompressionError(f"corrupt zstd frame: {exc}") from None
+    if len(out) != size:
+        raise CompressionError(f"zstd frame holds {len(out)} bytes where {size} belong")
+    return out
+
 
 #: Largest zstd window we agree to decode (libzstd's own default limit, 128 MiB).
 #: ``zstd --long=27`` and every level up to 19 stay under it; ``--ultra -22`` does not.

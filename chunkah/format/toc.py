@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import zstandard
 
+from chunkah.compression import CompressionError, decompress_frame
 from chunkah.errors import VerificationError
 
 __all__ = [
@@ -326,11 +327,11 @@ def decode_toc_frame(
     if not 0 < body_size <= MAX_BODY:
         raise TocError(f"TOC body size {body_size} is out of range (at most {MAX_BODY})")
     try:
-        body = zstandard.ZstdDecompressor().decompress(frame[8:], max_output_size=body_size)
-    except zstandard.ZstdError as exc:
-        raise TocError(f"TOC does not decompress: {exc}") from None
-    if len(body) != body_size:
-        raise TocError(f"TOC body is {len(body)} bytes, the annotation says {body_size}")
+        body = decompress_frame(frame[8:], body_size)
+    except CompressionError as exc:
+        raise TocError(
+            f"TOC does not decompress to the {body_size} bytes the annotation says: {exc}"
+        ) from None
     return parse_body(body, toc_offset=toc_offset)
 
 

@@ -48,6 +48,7 @@ import numpy as np
 import numpy.typing as npt
 import zstandard
 
+from chunkah.compression import CompressionError, decompress_frame
 from chunkah.format.toc import (
     TYPE_BLOCK,
     TYPE_CHAR,
@@ -764,8 +765,8 @@ def read_chunk(layer: ZstdChunkedLayer, c: int, read_range: ReadRange) -> bytes:
     coff, csize = layer.chunk_range(c)
     data = _read_exact(read_range, coff, csize, f"chunk {c}")
     try:
-        out = zstandard.ZstdDecompressor().decompress(data, max_output_size=usize)
-    except zstandard.ZstdError as exc:
+        out = decompress_frame(data, usize)
+    except CompressionError as exc:
         raise ZstdChunkedError(f"chunk {c} at {coff} does not decompress: {exc}") from None
     if len(out) != usize or hashlib.sha256(out).digest() != expect:
         raise ZstdChunkedError(f"chunk {c} at {coff} does not match its sha256")

@@ -16,8 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import zstandard
-
+from chunkah.compression import CompressionError, decompress_frame
 from chunkah.errors import VerificationError
 from chunkah.host.deploy import crash_point
 from chunkah.host.index import LayerIndex
@@ -64,7 +63,6 @@ def _cut(
     data: bytes, rng: FetchRange, index: LayerIndex, wanted: dict[tuple[int, int], list[ChunkStep]]
 ) -> list[tuple[bytes, bytes]] | None:
     """Verified (sha256, chunk) pairs of a range, or None when anything is off."""
-    dctx = zstandard.ZstdDecompressor()
     out = []
     for frame_no in rng.frames:
         frame = index.frames[frame_no]
@@ -73,10 +71,8 @@ def _cut(
         if len(raw_frame) != frame.size:
             return None
         try:
-            raw = dctx.decompress(raw_frame, max_output_size=frame.usize)
-        except zstandard.ZstdError:
-            return None
-        if len(raw) != frame.usize:
+            raw = decompress_frame(raw_frame, frame.usize)  # never more than the TOC says
+        except CompressionError:
             return None
         for step in wanted.get((rng.layer, frame_no), ()):
             piece = raw[step.offset_in_frame : step.offset_in_frame + step.size]

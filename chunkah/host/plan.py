@@ -32,6 +32,13 @@ __all__ = [
 ]
 
 DEFAULT_MERGE_GAP = 4096  # fetch a gap between two needed frames rather than split the range
+# The only device nodes a deployment may carry: the kernel's pseudo devices (null, zero,
+# full, random, urandom, tty, console, ptmx).  Any other node (a disk, /dev/mem, a
+# serial line) would give whoever can open it inside the deployment the host's hardware.
+SAFE_DEVICES = frozenset(
+    ("char", major, minor)
+    for major, minor in ((1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2))
+)
 _WHITEOUT = b".wh."
 _OPAQUE = b".wh..wh..opq"
 
@@ -207,7 +214,16 @@ def flatten(indexes: Sequence[LayerIndex]) -> dict[bytes, tuple[int, IndexEntry]
             final[path] = (li, entry)
             if path:
                 children[_parent(path)].add(path)
+    if final and b"" not in final:
+        # Layers written by other tools often have no "./" member: the root is implied.
+        final[b""] = (0, IndexEntry(b"", "dir", 0o755, 0, 0, 0, 0))
     for path, (_li, entry) in final.items():
+        if entry.type in ("char", "block") and (entry.type, *entry.rdev) not in SAFE_DEVICES:
+            raise PlanError(
+                f"{path!r}: {entry.type} device {entry.rdev[0]}:{entry.rdev[1]} would give the "
+                "deployment access to the host's hardware; only the pseudo devices null, zero, "
+                "full, random, urandom, tty, console and ptmx are deployed"
+            )
         if path:
             above = final.get(_parent(path))
             if above is None:

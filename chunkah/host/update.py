@@ -43,6 +43,8 @@ from chunkah.tree.tar_reader import TAR_TYPES, header_entry, member_path
 __all__ = ["UpdateOptions", "UpdateResult", "run_plan", "run_update"]
 
 MAX_TOC_FRAME = 256 << 20
+PLAIN_LAYER_MAX_RATIO = 1000
+PLAIN_LAYER_MIN_LIMIT = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -206,7 +208,10 @@ def _list_whole_layer(
             return n
 
     with blob.open("rb") as raw:
-        plain = open_decompressed(raw, desc.media_type)
+        # Content reaches the cache before the diff_id can be checked: bound what a
+        # decompression bomb can write (1000:1, at least PLAIN_LAYER_MIN_LIMIT).
+        limit = max(PLAIN_LAYER_MIN_LIMIT, PLAIN_LAYER_MAX_RATIO * desc.size)
+        plain = open_decompressed(raw, desc.media_type, limit=limit)
         stream = io.BufferedReader(_Hashing(plain), 1 << 20)
         try:
             tf = tarfile.open(fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115

@@ -73,6 +73,8 @@ def member_path(raw: str) -> bytes:
     path = normalize_path(raw_b)
     if b".." in path.split(b"/"):
         raise UnsafeEntryError(raw_b, "path contains a '..' component")
+    if b"\0" in path:  # a PAX path may carry one; no filesystem name can
+        raise UnsafeEntryError(raw_b, "path contains a NUL byte")
     return path
 
 
@@ -90,6 +92,8 @@ def _xattrs_of(ti: tarfile.TarInfo) -> tuple[tuple[str, bytes], ...]:
 
 
 def header_entry(ti: tarfile.TarInfo, path: bytes, etype: EntryType) -> Entry:
+    if etype is EntryType.SYMLINK and "\0" in ti.linkname:
+        raise UnsafeEntryError(path, "symlink target contains a NUL byte")
     return Entry(
         path=path,
         type=etype,

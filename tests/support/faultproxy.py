@@ -116,6 +116,7 @@ class FaultProxy:
         self.url = ""
         self.host = ""
         self._counts: dict[str, int] = {}
+        self._inflight = 0
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -163,7 +164,7 @@ class FaultProxy:
     @property
     def active(self) -> int:
         """Requests being answered now (a test waits for 0 before adding up bytes)."""
-        return sum(self._counts.values()) - len(self.requests)
+        return self._inflight
 
     def expire_tokens(self) -> None:
         self.tokens.clear()
@@ -204,6 +205,13 @@ class FaultProxy:
         )
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self._inflight += 1
+        try:
+            return await self._answer(request)
+        finally:
+            self._inflight -= 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         kind = self._kind(request)
         n = self._counts[kind] = self._counts.get(kind, 0) + 1
         if kind == "token":
