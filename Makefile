@@ -76,9 +76,9 @@ bench-registry: setup
 bench-suite: setup
 	$(BIN)/python benchmarks/suite.py --profile full
 
-# The tiny series' first step, every quick strategy; fails when our byte counts regress
+# The tiny series' v2->v3 step, every quick strategy (and the fleet's quick profile); fails when our byte counts regress
 # beyond benchmarks/thresholds.json (run by `make test`).
-bench-quick: setup
+bench-quick: setup bench-fleet-quick
 	$(BIN)/python benchmarks/suite.py --profile quick
 
 # Fleet scale (issue 11): N hosts updating at once against chunkah serve, docker-registry
@@ -92,7 +92,7 @@ bench-fleet-quick: setup
 
 # Every benchmark program; results in benchmarks/results/, summary in benchmarks/RESULTS.md.
 # (bench-update's methods are all in the suite; run it on its own for 3-run medians.)
-bench: bench-suite bench-cdc bench-build bench-layers bench-format bench-registry
+bench: bench-suite bench-fleet bench-cdc bench-build bench-layers bench-format bench-registry
 
 clean:
 	rm -rf $(VENV) build *.egg-info chunkah/_native/*.so .pytest_cache .mypy_cache .ruff_cache

@@ -4,13 +4,24 @@ skopeo skips blobs the destination layout already has, so pulling v_k+1 into the
 layout that holds v_k fetches only the layers v_k lacks: whole-layer reuse as any
 registry client does it.  chunkah's packed layers hold disjoint paths (no
 whiteouts), so unpacking them in manifest order with ``tar`` gives the image's tree.
+
+GNU tar (and bsdtar) skip POSIX ACLs stored as ``SCHILY.xattr.system.posix_acl_*``
+records (they read only their own ``SCHILY.acl.*`` text form); umoci and
+containers/storage apply them.  ``unpack`` re-reads each layer for those records and
+sets them, inside the timed client work.
 """
 
 from __future__ import annotations
 
+import gzip
+import os
 import shutil
+import tarfile
+import time
 from pathlib import Path
 from typing import Any
+
+import zstandard
 
 from .process import Measured, run_measured
 from .strategy import Step
@@ -28,6 +39,26 @@ def pull(ref: str, layout: Path, tag: str) -> Measured:
     ).check()  # fmt: skip
 
 
+_ACL = "SCHILY.xattr.system.posix_acl_"
+
+
+def restore_acls(blob: Path, gzipped: bool, dest: Path) -> int:
+    """Set the ACL xattrs of *blob*'s members under *dest* (what GNU tar left out)."""
+    count = 0
+    with open(blob, "rb") as f:
+        raw = gzip.GzipFile(fileobj=f) if gzipped else zstandard.ZstdDecompressor().stream_reader(f)
+        with raw, tarfile.open(fileobj=raw, mode="r|") as tf:
+            for member in tf:
+                for key, value in member.pax_headers.items():
+                    if key.startswith(_ACL):
+                        name = key[len("SCHILY.xattr.") :]
+                        target = dest / member.name
+                        data = value.encode("utf-8", "surrogateescape")
+                        os.setxattr(target, name, data, follow_symlinks=False)
+                        count += 1
+    return count
+
+
 def unpack(image: Image, layout: Path, dest: Path) -> list[Measured]:
     """Unpack image's layers (their blobs read from *layout*) into *dest*, in order."""
     shutil.rmtree(dest, ignore_errors=True)
@@ -37,13 +68,15 @@ def unpack(image: Image, layout: Path, dest: Path) -> list[Measured]:
         algo, hexdigest = desc["digest"].split(":", 1)
         blob = layout / "blobs" / algo / hexdigest
         comp = "--gzip" if "gzip" in desc["mediaType"] else "--zstd"
-        runs.append(
-            run_measured(
-                ["tar", comp, "-xpf", blob, "--xattrs", "--xattrs-include=*", "--acls",
-                 "--numeric-owner", "--same-owner", "-C", dest],
-                timeout=TIMEOUT,
-            ).check()
-        )  # fmt: skip
+        m = run_measured(
+            ["tar", comp, "-xpf", blob, "--xattrs", "--xattrs-include=*", "--acls",
+             "--numeric-owner", "--same-owner", "-C", dest],
+            timeout=TIMEOUT,
+        ).check()  # fmt: skip
+        t0 = time.perf_counter()
+        restore_acls(blob, comp == "--gzip", dest)
+        m.seconds += time.perf_counter() - t0
+        runs.append(m)
     return runs
 
 
