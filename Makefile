@@ -76,8 +76,8 @@ bench-registry: setup
 bench-suite: setup
 	$(BIN)/python benchmarks/suite.py --profile full
 
-# The tiny series' v2->v3 step, every quick strategy (and the fleet's quick profile); fails when our byte counts regress
-# beyond benchmarks/thresholds.json (run by `make test`).
+# The fleet's quick profile, then the tiny series' v2->v3 step with every quick strategy;
+# fails when our byte counts regress beyond benchmarks/thresholds.json (run by make test).
 bench-quick: setup bench-fleet-quick
 	$(BIN)/python benchmarks/suite.py --profile quick
 
