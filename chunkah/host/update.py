@@ -260,6 +260,17 @@ async def _prepare(
     if image.config is None:
         raise InputError(f"{ref}: is an artifact, not a container image")
     diff_ids = image.config.diff_ids
+    if len(diff_ids) != len(image.manifest.layers):
+        raise InputError(
+            f"{ref}: the config lists {len(diff_ids)} diff_ids for "
+            f"{len(image.manifest.layers)} layers"
+        )
+    for desc in image.manifest.layers:
+        if desc.media_type not in oci.LAYER_TYPES:
+            raise InputError(
+                f"{ref}: layer {desc.digest} has media type {desc.media_type!r}, "
+                "not a filesystem layer chunkah can apply"
+            )
     indexes = await asyncio.gather(
         *(
             _layer_index(client, image.reference, desc, diff_ids[i], store)
