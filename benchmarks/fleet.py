@@ -762,7 +762,8 @@ def run_wave(
     errors: dict[str, int] = {}
     for h in hosts:
         if h["error"] is not None:
-            key = h["error"][:120]
+            e = h["error"]
+            key = e if len(e) <= 200 else e[:80] + " ... " + e[-115:]  # the reason is at the end
             errors[key] = errors.get(key, 0) + 1
     makespan = max(h["finished_at"] for h in hosts) - t0
     secs = [h["seconds"] for h in ok]
@@ -994,10 +995,11 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
             rs = sorted((r for r in rows if r["server"] == srv and r["strategy"] == strat
                          and r["jitter_s"] == 0), key=lambda r: r["hosts"])  # fmt: skip
             if rs:
+                color = {"chunks": "tab:blue", "layers": "tab:green"}.get(strat, "tab:gray")
                 ax.plot([r["hosts"] for r in rs], [r["p99_s"] for r in rs], marker="o",
-                        label=f"{strat} p99")  # fmt: skip
+                        color=color, label=f"{strat} p99")  # fmt: skip
                 ax.plot([r["hosts"] for r in rs], [r["p50_s"] for r in rs], marker=".",
-                        linestyle=":", label=f"{strat} p50")  # fmt: skip
+                        color=color, alpha=0.5, linestyle=":", label=f"{strat} p50")  # fmt: skip
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(srv)
@@ -1005,7 +1007,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("time to finish one update (s)")
     axes[-1].legend(fontsize=8)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title, fontsize=8, wrap=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -1070,7 +1072,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "plan (benchmarks/results/fleet-ladder-SERIES.{json,md})")  # fmt: skip
     ap.add_argument("--name", help="results file stem (default: fleet or fleet-quick)")
     ap.add_argument("--work", help="work directory (default: a temporary one)")
+    ap.add_argument("--replot", action="store_true", help="redraw NAME.png from NAME.json")
     args = ap.parse_args(argv)
+    if args.replot:
+        name = args.name or ("fleet" if args.profile == "full" else "fleet-quick")
+        doc = json.loads((RESULTS_DIR / f"{name}.json").read_text())
+        plot(doc["rows"], RESULTS_DIR / f"{name}.png", doc["header"].split("; 1-min")[0])
+        return 0
     if args.worker:
         worker(args.worker)
         return 0
@@ -1155,7 +1163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_json(name, {"machine": info, "profile": args.profile, "images": images, "header": header,
                       "rows": rows, "knees": k, "load": [load0, load1]})  # fmt: skip
     (RESULTS_DIR / f"{name}.md").write_text(md)
-    plot(rows, RESULTS_DIR / f"{name}.png", header[:160])
+    plot(rows, RESULTS_DIR / f"{name}.png", header.split("; 1-min")[0])
     return 0
 
 
