@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 .PHONY: setup debs venv demo test lint format typecheck bench bench-cdc bench-build bench-layers \
         bench-format bench-update bench-registry bench-suite bench-quick bench-fleet \
-        bench-fleet-quick clean
+        bench-fleet-quick fuzz clean
 
 setup: debs venv
 
@@ -40,6 +40,10 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 	$(MAKE) bench-quick
+
+# The parsers' fuzzers at 10 000 examples each (make test runs a short profile).
+fuzz: setup
+	CHUNKAH_FUZZ=long $(BIN)/python -m pytest -q -n 2 tests/test_fuzz_parsers.py $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check chunkah tests benchmarks

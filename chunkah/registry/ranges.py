@@ -209,9 +209,9 @@ class MultipartByteRangesParser:
         max_part_header: int = 4096,
         max_epilogue: int = 1024,
     ) -> None:
-        if not boundary or len(boundary) > 70:
+        if not boundary or len(boundary) > 70 or not boundary.isascii():
             raise MultipartError(f"invalid multipart boundary {boundary!r}")
-        self._delim = b"--" + boundary.encode("latin-1")
+        self._delim = b"--" + boundary.encode("ascii")
         self._expected = set(expected)
         self._total = total
         self._max_part_header = max_part_header
