@@ -134,11 +134,16 @@ def assemble(
     *,
     current: Path | None,
     read_chunk: ReadChunk,
-    fsync: bool = True,
+    fsync: bool = False,
     link: Callable[[bytes, bytes], None] | None = None,
     progress: FileWritten | None = None,
 ) -> AssembleStats:
-    """Create the plan's tree under ``staging`` (which must exist and be empty)."""
+    """Create the plan's tree under ``staging`` (which must exist and be empty).
+
+    With ``fsync`` every file and directory is fsynced as it is finished; without it
+    (the default) the caller makes the tree durable, as ``commit_deployment`` does
+    with one syncfs before the switch.
+    """
     root = os.fsencode(staging)
     cur = os.fsencode(current) if current is not None else None
     if any(os.scandir(root)):

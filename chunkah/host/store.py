@@ -262,7 +262,7 @@ class HostStore:
             tocs=tocs,
             extra=dict(extra),
         )
-        deployment = commit_deployment(self.sysroot, staging, metadata, files_synced=True)
+        deployment = commit_deployment(self.sysroot, staging, metadata)
         # The new deployment's files are the chunk source from now on: the cache can go.
         collect_garbage(self.sysroot, chunk_refs=lambda _path, _fmt: ())
         return deployment.id

@@ -52,7 +52,9 @@ class UpdateOptions:
     plain_http: bool = False
     tls_verify: bool = True
     verify_diff_ids: bool = True
-    fsync: bool = True
+    # fsync every file and directory as it is assembled; off by default because the
+    # commit syncs the whole filesystem once (syncfs) before the switch.
+    fsync: bool = False
     merge_gap: int = 4096
     deltas: bool = True  # look for a delta artifact for (current -> target), docs/delta.md
 
