@@ -2,22 +2,29 @@
 """Fleet scale: N simulated hosts updating v1 -> v2 at once against one registry.
 
     python benchmarks/fleet.py [--profile quick|full] [--hosts 10,100,1000]
-                               [--servers chunkah,registry,cdn] [--strategies layers,chunks]
-                               [--workers 2] [--jitter SECONDS] [--name NAME]
+                               [--servers chunkah,registry,cdn,cdn-1range]
+                               [--strategies layers,chunks,full] [--workers 2]
+                               [--jitter SECONDS] [--jitter-rows S/STRAT/N/SECONDS,...]
+                               [--series synthetic|tiny|app] [--step K] [--verify]
+                               [--work DIR] [--name NAME]
+    python benchmarks/fleet.py --ladder --series app     # the fallback ladder's cost
 
 Every simulated host is a coroutine with its own :class:`RegistryClient` (its own
 connection pool, at most 16 connections) and its own small inventory: the v1
 image's layers and chunks, known from v1's TOCs (no sysroot on disk).  The hosts
-are spread over ``--workers`` processes; all of them start together (a wave)
-unless ``--jitter`` spreads their starts.  What a host sends is what ``chunkah
-update`` sends, through the same code:
+are spread over ``--workers`` long-lived processes; all of them start together (a
+wave) unless ``--jitter`` spreads their starts (``retry.start_delay``).  What a host
+sends is what ``chunkah update`` sends, through the same code:
 
 - **chunks**: ``RegistryClient.resolve`` (manifest + config), one range request per
   new layer's TOC (``RangeFetcher``; TOCs of layers the host has are cached, as
-  ``chunkah update`` caches them), ``plan_update`` against the host's inventory,
-  then ``fetch_plan`` (``RangeFetcher``: merged spans, multi-range requests, the
-  fallback ladder), every fetched chunk decompressed and sha256-checked (then
-  dropped: nothing is assembled or deployed);
+  ``chunkah update`` caches them; each host checks its TOC bytes' sha256, the
+  decoding is shared), ``plan_update`` against the inventory (made once per wave and
+  worker: every host has the same inventory, so the same plan), then the plan's
+  ranges through ``RangeFetcher`` per layer, 3 layers at a time -- ``fetch_plan``'s
+  requests.  With ``--verify`` it is ``fetch_plan`` itself, every chunk
+  decompressed and sha256-checked; without (the default), the bytes are read and
+  dropped: the requests are the same, the check only costs the simulator's CPU;
 - **layers**: resolve, then every layer v1 does not have downloaded whole with
   ``download_blob`` (sha256-verified), 3 at a time: what a layer-based client such
   as ``podman pull`` costs for chunkah-style (package-sorted) layers;
@@ -27,28 +34,35 @@ Registries, all on 127.0.0.1:
 
 - ``chunkah``: ``python -m chunkah serve`` (one process, one event loop);
 - ``registry``: Debian's ``docker-registry`` (distribution 2.8, Go);
-- ``cdn``: ``nginx`` in front of that docker-registry, configured as a CDN edge:
-  blobs cached (``proxy_cache``, the cache filled once per blob with
+- ``cdn``: ``nginx`` (one worker) in front of that docker-registry, configured as a
+  CDN edge: blobs cached (``proxy_cache``, filled once per blob with
   ``proxy_cache_lock``; nginx then answers ranges itself), stock 8 KiB header
   buffers and ``max_ranges 16`` (more ranges in one request get 200 and the whole
-  blob, as a front that answers multi-range badly); manifests passed through;
+  blob); manifests passed through;
 - ``cdn-1range``: the same with ``max_ranges 1`` (every multi-range request gets the
-  whole blob; the fallback ladder's cost).
+  whole blob).
 
-Per (server, strategy, N): updates finished, errors, p50/p99/max time to finish one
-update (from the host's start, jitter excluded), the wave's makespan, requests/s and
-bytes/s over the makespan (client-side counts: every request, retries included),
-server CPU seconds (from ``/proc``: nginx and docker-registry together for the cdn
-rows), peak server RSS and open file descriptors (sampled every 0.1 s), client CPU.
+Per (server, strategy, N): updates finished, errors, p50/p99 time to finish one
+update (from the host's start, jitter excluded), the wave's makespan, updates/s,
+requests/s and bytes/s over the makespan (client-side counts: every request, retries
+included), server CPU seconds and ms per update (from ``/proc``: nginx and
+docker-registry together for the cdn rows), server RSS at the start and its peak,
+peak open file descriptors (sampled every 0.1 s), client CPU; and per (server,
+strategy) the knee: the smallest N reaching 80 % of the peak update rate.
 
-Profiles: ``quick`` (``make bench-fleet-quick``): a synthetic tree (generated here,
-a few MB, v2 changes a few files), built with ``chunkah build`` at zstd level 3,
-N = 10 and 100 -- under 90 s.  ``full`` (``make bench-fleet``): the tiny Debian
-series (benchmarks/series.py, v1 -> v2) built with ``chunkah build`` defaults,
-N = 10, 30, 100, 300, 1000.
+``--ladder`` runs no wave: from the series' real plan and the client's own request
+packing it prints the bytes and requests of one update for each way a front can
+answer multi-range requests (docs/scale.md, section 3).
+
+Profiles: ``quick`` (``make bench-fleet-quick``): a synthetic tree of 14 components
+(generated here, about 6 MB; v2 changes 5 of them), built with ``chunkah build`` at
+zstd level 3; chunkah serve, docker-registry and the cdn; N = 10 and 100 -- about a
+minute.  ``full`` (``make bench-fleet``): the tiny Debian series
+(benchmarks/series.py, v1 -> v2) built with ``chunkah build`` defaults, N = 10, 30,
+100, 300, 1000, plus two jittered rows -- about 15 minutes.
 
 Writes ``benchmarks/results/<name>.{json,md,png}`` (name: ``fleet`` or
-``fleet-quick``); the PNG plots p99 against N per server.
+``fleet-quick``); the PNG plots p99 (and p50) against N per server.
 """
 
 from __future__ import annotations
@@ -95,7 +109,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "servers": ["chunkah", "registry", "cdn"],
         "strategies": ["layers", "chunks"],
         "series": "tiny",
-        "jitter_rows": "chunkah/chunks/1000/10,registry/chunks/1000/10",
+        "jitter_rows": "chunkah/chunks/1000/60,registry/chunks/1000/150",
     },
 }
 HOST_TIMEOUT = 180.0  # one simulated update
