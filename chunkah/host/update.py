@@ -37,6 +37,7 @@ from chunkah.packing import ANNOTATION_COMPONENTS
 from chunkah.registry.client import RegistryClient, RemoteImage
 from chunkah.registry.fetcher import RangeFetcher
 from chunkah.registry.reference import RegistryReference, parse_registry_reference
+from chunkah.registry.retry import Timeouts
 from chunkah.tree import Entry, EntryType
 from chunkah.tree.tar_reader import TAR_TYPES, header_entry, member_path
 
@@ -56,6 +57,7 @@ class UpdateOptions:
     # commit syncs the whole filesystem once (syncfs) before the switch.
     fsync: bool = False
     merge_gap: int = 4096
+    timeouts: Timeouts | None = None  # registry timeouts (default: the client's)
     deltas: bool = True  # look for a delta artifact for (current -> target), docs/delta.md
 
 
@@ -330,7 +332,9 @@ async def _plan(
     ref_text: str, store: HostStore, options: UpdateOptions, *, download_whole: bool
 ) -> tuple[RegistryClient, RemoteImage, list[LayerIndex], UpdatePlan, Path | None, _Deltas]:
     ref = parse_registry_reference(ref_text)
-    client = RegistryClient(plain_http=options.plain_http, tls_verify=options.tls_verify)
+    client = RegistryClient(
+        plain_http=options.plain_http, tls_verify=options.tls_verify, timeouts=options.timeouts
+    )
     await client.__aenter__()
     try:
         image, indexes = await _prepare(client, ref, store)

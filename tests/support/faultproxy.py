@@ -15,6 +15,10 @@ except that the requests a :class:`Fault` selects are broken on purpose:
                    docker-registry, a Content-Length of the whole blob
 ``drip``           send ``after`` bytes, then one byte every ``delay`` seconds
 ``body``           answer 200 with ``body`` and ``headers`` instead
+``header``         forward, but replace the response's ``headers`` (a lying
+                   ``Content-Range``, a bogus ``Content-Length``)
+``redirect``       answer 307 to ``body`` (a URL), or to the request's own URL
+                   when ``body`` is empty (a redirect loop)
 =================  ==============================================================
 
 A fault applies to requests of its ``match`` class (``"blob"``: blob GETs,
@@ -237,6 +241,10 @@ class FaultProxy:
         fault = next((f for f in self.faults if f.applies(kind, n)), None)
         if fault is not None and fault.kind == "status":
             return self._status(request, n, kind, fault)
+        if fault is not None and fault.kind == "redirect":
+            target = fault.body.decode() or (self.url + request.path_qs)
+            self._log(n, kind, request, 307, 0, fault)
+            raise web.HTTPTemporaryRedirect(target)
         if fault is not None and fault.kind == "body":
             resp = web.Response(status=200, body=fault.body, headers=fault.headers)
             self._log(n, kind, request, 200, len(fault.body), fault)
@@ -283,6 +291,9 @@ class FaultProxy:
             for k, v in up.headers.items():
                 if k.lower() not in _HOP or k.lower() == "content-length":
                     resp.headers.add(k, v)
+            if fault is not None and fault.kind == "header":
+                for k, v in fault.headers.items():
+                    resp.headers[k] = v
             await resp.prepare(request)
             sent = 0
             try:
