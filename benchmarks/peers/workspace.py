@@ -160,7 +160,11 @@ class Workspace:
     def image(self, kind: str, k: int) -> Image:
         """Version k built as *kind* (see IMAGE_KINDS), built once per chunkah code state."""
         tag = f"v{k + 1}"
-        out = self.root / "images" / self.code / f"{kind}-{self.keys[k]}"
+        name = f"{kind}-{self.keys[k]}"
+        if kind == "zstd-history":
+            # The chain starts at the first version this run has (the quick profile's v2).
+            name += f"-after-{self.keys[k - 1] if self._has_previous(k) else 'none'}"
+        out = self.root / "images" / self.code / name
         stamp = out / "build.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         with file_lock(out.parent / f".{out.name}.lock"):
@@ -170,6 +174,9 @@ class Workspace:
         self._configs.add(str(img.manifest["config"]["digest"]))
         return img
 
+    def _has_previous(self, k: int) -> bool:
+        return k > 0 and self.trees[k - 1].is_dir()
+
     def _build(self, kind: str, k: int, out: Path, tag: str) -> None:
         stamp = out / "build.json"
         shutil.rmtree(out, ignore_errors=True)
@@ -177,7 +184,7 @@ class Workspace:
             build = self._zstd_chunked(out, k, tag)
         else:
             args = list(IMAGE_KINDS[kind])
-            if kind == "zstd-history" and k > 0:
+            if kind == "zstd-history" and self._has_previous(k):
                 prev = self.image(kind, k - 1)
                 args += ["--previous", f"oci:{prev.root}:{prev.tag}"]
             m = run_measured(
