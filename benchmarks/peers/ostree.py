@@ -122,5 +122,6 @@ STRATEGIES = [
         "OSTree static delta (inline, applied offline)",
         _run,
         wire="delta file size",
+        quick=False,  # commits + bsdiff: about a minute of CPU on tiny, beyond bench-quick's budget
     )
 ]

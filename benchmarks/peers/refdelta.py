@@ -117,7 +117,13 @@ def _zstd(step: Step) -> dict[str, Any]:
 
 
 STRATEGIES = [
-    Strategy("xdelta3", "xdelta3 -9, tar to tar (reference)", _xdelta3, wire="delta file size"),
+    Strategy(
+        "xdelta3",
+        "xdelta3 -9, tar to tar (reference)",
+        _xdelta3,
+        wire="delta file size",
+        quick=False,  # a reference, not a client; kept out of bench-quick's budget
+    ),
     Strategy(
         "zstd-patch-from",
         "zstd -19 --long=31 --patch-from, tar to tar (reference)",
