@@ -94,7 +94,7 @@ def _zstd(raw: bytes, level: int) -> bytes:
 def _xz(raw: bytes) -> bytes:
     dict_size = max(4096, min(_XZ_DICT, len(raw)))
     filters = [
-        {"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "dict_size": dict_size,
+        {"id": lzma.FILTER_LZMA2, "preset": 6 | lzma.PRESET_EXTREME, "dict_size": dict_size,
          "lc": 1, "lp": 0, "pb": 0},
     ]  # fmt: skip
     out: bytes = lzma.compress(raw, format=lzma.FORMAT_RAW, filters=filters)

@@ -370,7 +370,8 @@ async def _plan(
 def _summary(plan: UpdatePlan, indexes: list[LayerIndex], deltas: _Deltas) -> dict[str, Any]:
     summary = plan.summary(indexes)
     summary["deltas"] = deltas.summary()
-    summary["expected_bytes"] += deltas.index_bytes
+    if deltas.found is not None:  # the artifact's manifest and index (a miss costs ~2 small 404s)
+        summary["expected_bytes"] += deltas.index_bytes
     return summary
 
 
