@@ -92,7 +92,7 @@ def mb(n: float | None) -> str:
 
 
 def measure_step(step: Step, scratch: Path) -> dict[str, Any]:
-    row: dict[str, Any] = {"step": step.name}
+    row: dict[str, Any] = {"step": step.name, "code": code_state()}
     for name, job in (
         ("chunkah", lambda: measure_delta_update(step)),
         ("ostree", lambda: measure_static_delta(step.old_tree, step.new_tree, scratch / "ostree")),
@@ -189,7 +189,7 @@ def write(doc: dict[str, Any], name: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--series", default="tiny,numpy,app,os")
+    ap.add_argument("--series", default="os,app,tiny,numpy")
     ap.add_argument("--max-steps", type=int, help="steps per series (default: all)")
     ap.add_argument("--cache", type=Path, default=debian.cache_root() / "bench-delta")
     ap.add_argument("--name", default="bench_delta")
