@@ -78,6 +78,10 @@ TYPE_NAMES = ("file", "dir", "symlink", "char", "block", "fifo", "hardlink")
 MAX_ENTRIES = 16 << 20
 MAX_CHUNKS = 64 << 20
 MAX_BODY = 1 << 30
+# A frame is decompressed in memory as a whole: bound it.  Our writer's frames are a
+# chunk (cdc_max) or a packed frame (~pack_target); zstd:chunked chunks have no maximum
+# but stay far below this in practice.
+MAX_FRAME = 256 << 20
 _ZERO32 = bytes(32)
 _CHECK_BATCH = 8192  # entries per batch of path checks (bounds their memory)
 # Absolute, '.', '..', empty components, trailing '/', NUL: anything but the normal form.
@@ -390,6 +394,10 @@ def validate(toc: Toc, *, toc_offset: int | None = None) -> None:
             raise TocError("the first frame does not start the blob and the tar")
         if (csize <= 0).any() or (usize <= 0).any():
             raise TocError("a frame has a zero size")
+        if (usize > MAX_FRAME).any():
+            raise TocError(
+                f"a frame decompresses to more than {MAX_FRAME} bytes (a decompression bomb?)"
+            )
         if (coff[1:] != coff[:-1] + csize[:-1]).any() or (uoff[1:] != uoff[:-1] + usize[:-1]).any():
             raise TocError("frames are not contiguous")
         if uoff[-1] + usize[-1] != toc.tar_size:

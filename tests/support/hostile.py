@@ -379,7 +379,7 @@ CASE_NAMES = (
     "toc-wrong-file-digest", "toc-chunks-short", "toc-chunk-bad-frame", "toc-path-traversal",
     "toc-absolute-path", "toc-duplicate-path", "toc-hardlink-outside", "toc-symlink-parent",
     "toc-device-node", "toc-digest-mismatch", "toc-diff-id-mismatch", "toc-forged-diff-id",
-    "toc-oversized-claim", "toc-body-bomb", "manifest-oversized", "config-oversized",
+    "toc-oversized-claim", "toc-body-bomb", "toc-giant-frame", "manifest-oversized", "config-oversized",
     "index-too-deep", "index-loop", "layer-unknown-media-type", "config-diff-ids-short",
     "config-unknown-media-type", "manifest-unknown-media-type", "tar-no-root-entry",
 )  # fmt: skip
@@ -641,6 +641,16 @@ def corpus(base: BaseImage) -> list[HostileCase]:
     add(_chunkah_case(base, "toc-body-bomb", "oversized TOC (a TOC frame that inflates past its size)",
                       lambda t: t, TocError, r"does not decompress", 4,
                       body_override=toc_body + bytes(200 << 20), declared_body=len(toc_body)))  # fmt: skip
+
+    def giant_frame(t: Toc) -> Toc:
+        # A consistent TOC whose last frame (tar padding) claims 4 GiB: honest about
+        # its size, and a 4 GiB allocation if it were believed.
+        t.frames[-1]["usize"] = 0xFFFF0000
+        last = t.frames[-1]
+        return replace(t, tar_size=int(last["uoff"]) + int(last["usize"]))
+
+    add(_chunkah_case(base, "toc-giant-frame", "zstd bomb (a 4 GiB frame in a TOC)", giant_frame,
+                      TocError, r"more than \d+ bytes", 4))  # fmt: skip
 
     # Documents: oversized manifest and config, indexes nested too deep or in a loop,
     # unknown media types.
