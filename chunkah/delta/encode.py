@@ -46,7 +46,7 @@ _BSDIFF_MAGIC = b"CKBD"
 _XZ_DICT = 64 << 20
 #: bsdiff-xz: raw LZMA2, these settings exactly (docs/delta.md section 3)
 _XZ_DECODE = [{"id": lzma.FILTER_LZMA2, "dict_size": _XZ_DICT, "lc": 1, "lp": 0, "pb": 0}]
-_SMALL = 1 << 20  # files up to this size get every encoding at the full level
+_SMALL_PATCH = 64 << 10  # bsdiff patches up to this size are also tried with zstd
 _DISSIMILAR = 0.9  # the old file saves less than 10 %: not worth a delta search
 
 
@@ -117,25 +117,24 @@ def encode_best(
 ) -> tuple[int, bytes]:
     """The smallest delta, spending CPU where it can pay off.
 
-    Small files get every encoding at the full level.  For big ones a patch-from
-    probe at level 9 comes first (levels below that barely use a large dictionary):
-    if the old file saves less than 10 % (compressed data, an unrelated file) the
-    probe is the answer; otherwise bsdiff (up to ``bsdiff_max``), and the slow
-    full-level patch-from only when bsdiff does not beat the probe by half.
+    A patch-from probe at level 9 comes first (lower levels barely use a large
+    dictionary).  If the old file saves less than 10 % of the new file's plain zstd -3
+    size (compressed data, an unrelated file), the probe is the answer.  Otherwise
+    bsdiff-xz (both files up to ``bsdiff_max``; bsdiff-zstd too when the patch is
+    small), and patch-from at the full level only where it can still win: when the
+    probe is less than twice the best so far.
     """
-    if max(len(old), len(new)) <= _SMALL:
-        candidates = [(ZSTD_PATCH, _zstd_patch(old, new, level))]
-        raw = _bsdiff_raw(old, new)
-        candidates += [(BSDIFF_XZ, _xz(raw)), (BSDIFF_ZSTD, _zstd(raw, level))]
-        return min(candidates, key=lambda c: len(c[1]))
     probe = _zstd_patch(old, new, min(level, 9))
     candidates = [(ZSTD_PATCH, probe)]
-    if len(probe) > _DISSIMILAR * len(zstandard.compress(new, 3)):
+    if len(new) > 4096 and len(probe) > _DISSIMILAR * len(zstandard.compress(new, 3)):
         return ZSTD_PATCH, probe
     if max(len(old), len(new)) <= bsdiff_max:
-        candidates.append((BSDIFF_XZ, _xz(_bsdiff_raw(old, new))))
+        raw = _bsdiff_raw(old, new)
+        candidates.append((BSDIFF_XZ, _xz(raw)))
+        if len(raw) <= _SMALL_PATCH:
+            candidates.append((BSDIFF_ZSTD, _zstd(raw, level)))
     best = min(candidates, key=lambda c: len(c[1]))
-    if level > 9 and len(best[1]) > 0.5 * len(probe):
+    if level > 9 and len(probe) < 2 * len(best[1]):
         best = min([best, (ZSTD_PATCH, _zstd_patch(old, new, level))], key=lambda c: len(c[1]))
     return best
 
