@@ -237,11 +237,17 @@ async def _leave_mid_body(srv: Served, header: str) -> None:
 
 
 def test_clients_leaving_mid_body_under_load(served: Served) -> None:
-    """300 hosts walk away mid-body (whole blob, one range, multipart) while 300 others
-    fetch through RangeFetcher: the others get correct bytes, nothing leaks, the server
-    keeps answering."""
+    """300 hosts walk away mid-body (whole blob, large and small ranges and multipart
+    bodies: every way a body is sent) while 300 others fetch through RangeFetcher: the
+    others get correct bytes, nothing leaks, the server keeps answering."""
     baseline = served.settled_fds(served.fds())
-    headers = ["", "Range: bytes=1000-\r\n", "Range: bytes=0-1000,2000000-,-5\r\n"]
+    headers = [
+        "",  # whole blob: sendfile
+        "Range: bytes=1000-\r\n",  # a large range: sendfile
+        "Range: bytes=0-1000,2000000-,-5\r\n",  # a large multipart body: worker thread
+        "Range: bytes=5000-205000\r\n",  # a small range: one pread and write on the loop
+        "Range: bytes=0-60000,100000-160000\r\n",  # a small multipart body, on the loop
+    ]
     ref = parse_registry_reference(f"docker://127.0.0.1:{served.port}/fleet/app:v2")
 
     async def fetching() -> None:
@@ -253,7 +259,7 @@ def test_clients_leaving_mid_body_under_load(served: Served) -> None:
         assert got == [served.blob[o : o + n] for o, n in RANGES]
 
     async def go() -> list[BaseException]:
-        tasks = [_leave_mid_body(served, headers[i % 3]) for i in range(300)]
+        tasks = [_leave_mid_body(served, headers[i % len(headers)]) for i in range(300)]
         tasks += [fetching() for _ in range(300)]
         results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
         return [r for r in results if isinstance(r, BaseException)]
