@@ -1178,6 +1178,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "rows": rows, "knees": k, "load": [load0, load1]})  # fmt: skip
     (RESULTS_DIR / f"{name}.md").write_text(md)
     plot(rows, RESULTS_DIR / f"{name}.png", header.split("; 1-min")[0])
+    # Errors of other registries are results; an error of ours is a failure.
+    ours = [r for r in rows if r["server"] == "chunkah" and r["errors"]]
+    if ours:
+        print(f"fleet: chunkah serve failed {sum(r['errors'] for r in ours)} updates: "
+              f"{ours[0]['error_kinds']}", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 
