@@ -269,3 +269,40 @@ def test_clients_leaving_mid_body_under_load(served: Served) -> None:
     assert served.settled_fds(baseline + 4) <= baseline + 4
     _, errors, ok = asyncio.run(_wave(served, 50))
     assert not errors and ok == 50
+
+
+# -- the caches that keep manifests cheap follow every change --------------------------------
+
+
+def test_index_and_manifest_caches_follow_changes(tmp_path: Path) -> None:
+    from chunkah.oci import Descriptor
+    from chunkah.registry.server_store import RepoStore
+
+    store = RepoStore(tmp_path, "cache/repo")
+    store.create()
+    media = "application/vnd.oci.image.manifest.v1+json"
+    bodies = [json.dumps({"schemaVersion": 2, "mediaType": media, "n": i}).encode() for i in (1, 2)]
+    descs = []
+    for body in bodies:
+        digest = store.write_blob_bytes(body)
+        descs.append(Descriptor(media_type=media, digest=digest, size=len(body)))
+    # A tag moving back and forth faster than file timestamps tick (same index size).
+    for i in range(40):
+        store.put_manifest(descs[i % 2], "t")
+        found = store.find_manifest("t")
+        assert found is not None and found.digest == descs[i % 2].digest
+        assert store.index_cached()
+    # Another writer (a second server process on the same root) is seen too.
+    other = RepoStore(tmp_path, "cache/repo")
+    other.put_manifest(descs[0], "u")
+    assert not store.index_cached()
+    found = store.find_manifest("u")
+    assert found is not None and found.digest == descs[0].digest
+    # Manifest bytes: kept after the first read, forgotten when the file goes.
+    digest = descs[1].digest
+    assert store.read_small_blob(digest) == bodies[1]
+    assert store.small_blob_cached(digest)
+    assert store.read_small_blob(digest) == bodies[1]
+    store.blob_path(digest).unlink()
+    assert store.read_small_blob(digest) is None
+    assert not store.small_blob_cached(digest)

@@ -376,7 +376,8 @@ class RepoStore:
         referrer).  Without one, an untagged entry is added unless the digest is listed.
         """
         with self._locked():
-            index = self.read_index()
+            # Under the lock, from the file: another process may have just written it.
+            index = self.layout.read_index()
             entries = list(index.manifests)
             if tag is None:
                 if any(d.digest == desc.digest for d in entries):
@@ -406,7 +407,7 @@ class RepoStore:
         Returns False if nothing matched.
         """
         with self._locked():
-            index = self.read_index()
+            index = self.layout.read_index()  # under the lock, from the file
             if is_valid_digest(reference):
                 gone = [d for d in index.manifests if d.digest == reference]
                 kept = [d for d in index.manifests if d.digest != reference]
