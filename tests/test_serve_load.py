@@ -188,7 +188,7 @@ async def _wave(srv: Served, hosts: int) -> tuple[int, list[BaseException], int]
 
     sampler = asyncio.create_task(sample())
     connector = aiohttp.TCPConnector(limit=hosts, limit_per_host=hosts, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=60)
+    timeout = aiohttp.ClientTimeout(total=90)
     try:
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             results = await asyncio.gather(
@@ -208,7 +208,7 @@ def test_thousand_concurrent_hosts(served: Served) -> None:
     first = time.monotonic() - t0
     assert not errors, f"{len(errors)} errors, e.g. {errors[0]!r}"
     assert ok == HOSTS
-    assert first < 45, f"{HOSTS} hosts took {first:.1f} s"
+    assert first < 60, f"{HOSTS} hosts took {first:.1f} s"
     # Bounded: one descriptor per connection plus the blobs being sent, nothing more.
     assert peak1 <= baseline + 2 * HOSTS + 16, (baseline, peak1)
     assert served.settled_fds(baseline + 4) <= baseline + 4
@@ -261,7 +261,7 @@ def test_clients_leaving_mid_body_under_load(served: Served) -> None:
     async def go() -> list[BaseException]:
         tasks = [_leave_mid_body(served, headers[i % len(headers)]) for i in range(300)]
         tasks += [fetching() for _ in range(300)]
-        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 90)
         return [r for r in results if isinstance(r, BaseException)]
 
     errors = asyncio.run(go())
