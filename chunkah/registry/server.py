@@ -717,11 +717,14 @@ async def _send_blob(
 async def _send_file_range(
     request: web.Request, resp: _BlobResponse, f: BinaryIO, offset: int, count: int
 ) -> None:
-    """Send ``count`` bytes from ``offset``: sendfile when the transport allows it."""
+    """Send ``count`` bytes from ``offset``: one ``pread`` and write up to
+    :data:`_INLINE_BODY`, else sendfile when the transport allows it (blocks otherwise)."""
     transport = request.transport
     try:
         if count <= _INLINE_BODY:
             block = os.pread(f.fileno(), count, offset)
+            if len(block) != count:
+                raise OSError(f"blob shrank while being sent ({count - len(block)} bytes missing)")
             await resp.write(block)
             resp.sent += len(block)
             return
