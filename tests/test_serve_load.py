@@ -202,6 +202,10 @@ async def _wave(srv: Served, hosts: int) -> tuple[int, list[BaseException], int]
 
 
 def test_thousand_concurrent_hosts(served: Served) -> None:
+    # serve() raised its soft descriptor limit to the hard one.
+    limits = Path(f"/proc/{served.pid}/limits").read_text().splitlines()
+    soft, hard = next(ln for ln in limits if ln.startswith("Max open files")).split()[3:5]
+    assert soft == hard
     baseline = served.settled_fds(served.fds())
     t0 = time.monotonic()
     peak1, errors, ok = asyncio.run(_wave(served, HOSTS))
