@@ -5,9 +5,10 @@ incompressible bytes, 20 small config files; v2 changes a few hundred bytes in t
 middle of every big file and some configs), so an update v1 -> v2 fetches a few
 dozen separate ranges: the base of the crash, fault, full-disk and concurrency tests.
 
-``build_base(registry, workdir)`` builds v1 with ``chunkah build`` into an OCI layout
-and returns a :class:`BaseImage` (the layout's manifest, config, layer blob, TOC);
-the hostile variants are derived from it.  ``corpus(base)`` returns the hostile
+``tiny_tree(root)`` is the base of the hostile images; ``build_base(src, workdir)``
+builds it with ``chunkah build`` into an OCI layout and returns a :class:`BaseImage`
+(the layout's manifest, config, layer blob, TOC); the hostile variants are derived
+from it.  ``corpus(base)`` returns the hostile
 cases: each a :class:`HostileCase` with the blobs and manifest to push and the
 error the update must end with.  ``push_case(client, ref, case)`` uploads it to a
 real registry.  Nothing here runs an update: the tests do.
@@ -387,16 +388,15 @@ CASE_NAMES = (
 
 def corpus(base: BaseImage) -> list[HostileCase]:
     """Every hostile case (at least 30), each with the error it must produce."""
-    from chunkah.errors import InputError, NetworkError, VerificationError
+    from chunkah.errors import InputError, VerificationError
     from chunkah.format.toc import TocError
     from chunkah.host.plan import PlanError
 
-    del NetworkError
     cases: list[HostileCase] = []
     add = cases.append
     tree_error = InputError  # the tar reader's rules (chunkah.tree.tar_reader)
 
-    # 1-5: tar path traversal and absolute paths in a plain layer
+    # Plain tar layers: tar path traversal and absolute paths.
     for name, path in [
         ("tar-dotdot", "../escape"),
         ("tar-dotdot-deep", "usr/../../escape"),
@@ -409,7 +409,7 @@ def corpus(base: BaseImage) -> list[HostileCase]:
     # An absolute name is made relative (as tar does); it stays inside the tree.
     add(_plain_layer(tar, "tar-absolute", "absolute paths", type(None), "", 0, base))
 
-    # 6-8: symlink chains that escape, writes through a symlinked parent
+    # Symlink chains that escape, writes through a symlinked parent.
     tar = _tar([
         *_base_dirs(),
         (_ti("usr/evil", tarfile.SYMTYPE, linkname="../../../../../tmp"), None),
@@ -446,7 +446,7 @@ def corpus(base: BaseImage) -> list[HostileCase]:
         )
     )
 
-    # 9-11: hardlinks outside the tree / to nothing / to a non-file
+    # Hardlinks outside the tree, to nothing, to a non-file.
     tar = _tar([*_base_dirs(), (_ti("usr/hl", tarfile.LNKTYPE, linkname="../../etc/shadow"), None)])
     add(
         _plain_layer(
@@ -470,12 +470,12 @@ def corpus(base: BaseImage) -> list[HostileCase]:
         )
     )
 
-    # 12: a device node in a plain layer is refused unless root could make it safely?
+    # A device node of the host's hardware (a disk).
     # (documented: devices are deployed as root; here the node's major/minor are absurd)
     tar = _tar([*_base_dirs(), (_ti("usr/sda", tarfile.BLKTYPE, devmajor=8, devminor=0), None)])
     add(_plain_layer(tar, "device-node", "device nodes", VerificationError, r"device", 4, base))
 
-    # 13-15: NUL bytes and odd encodings in names, duplicate paths
+    # NUL bytes and odd encodings in names, duplicate paths.
     nul = _ti("usr/nul")
     nul.pax_headers = {"path": "usr/a\x00b"}
     tar = _tar([*_base_dirs(), (nul, b"nul\n")])
@@ -499,25 +499,23 @@ def corpus(base: BaseImage) -> list[HostileCase]:
     tar = _tar([*_base_dirs(), (_ti("usr/dup"), b"first\n"), (_ti("usr/dup"), b"second\n")])
     add(_plain_layer(tar, "duplicate-path", "duplicate paths", type(None), "", 0, base))
 
-    # 16: diff_id mismatch on a plain layer
+    # diff_id mismatch on a plain layer.
     tar = _tar([*_base_dirs(), (_ti("usr/f"), b"data\n")])
     add(_plain_layer(tar, "plain-diff-id", "diff_id mismatch", VerificationError, r"diff_id", 4, base,
                      diff_id=_sha(b"something else")))  # fmt: skip
 
-    # 17-18: zstd bombs in a plain layer: a frame that lies about its content size,
+    # zstd bombs in a plain layer: a frame that lies about its content size,
     # and one that expands more than 1000:1
     tar = _tar([*_base_dirs(), (_ti("usr/f"), b"a" * 5000)])
-    lying = bytearray(_zstd(tar))
     # Frame_Content_Size is the last header field: claim 16 bytes for ~7 KB.
     blob = _zstd_lying_size(tar)
     add(_image("zstd-lying-size", "zstd bomb (declared content size lies)",
                [(blob, mt.OCI_LAYER_ZSTD, {}, _sha(tar))], InputError, r"zstd|size|corrupt", 2, base))  # fmt: skip
-    del lying
     add(_image("zstd-ratio-bomb", "zstd bomb (ratio > 1000:1)",
                [(_zeros_bomb(96 << 20), mt.OCI_LAYER_ZSTD, {}, _sha(b"not the tar"))],
                InputError, r"decompresses to more than", 2, base))  # fmt: skip
 
-    # 19-31: chunkah layers whose TOC lies
+    # chunkah layers whose TOC lies.
     def overlap(t: Toc) -> Toc:
         t.frames[1]["coff"] = t.frames[0]["coff"]
         return t
@@ -759,7 +757,5 @@ def _zstd_lying_size(data: bytes) -> bytes:
     single_segment = bool(fhd & 0x20)
     assert not single_segment and (fhd >> 6) == 0 and (fhd & 0x3) == 0
     new_fhd = (fhd & 0x3F) | 0x20  # single segment, FCS field 1 byte
-    window = frame[5]
-    del window
     rest = frame[6:]  # drop the window descriptor (single segment has none)
     return frame[:4] + bytes([new_fhd, 16]) + rest
