@@ -87,8 +87,20 @@ def plot_bytes(doc: dict[str, Any], out: Path) -> bool:
                 if wrong:
                     bar.set_hatch("///")
                     bar.set_edgecolor("black")
+            small = 6 if len(names) * len(steps) > 24 else 7
+            for bar, y in zip(bars, ys, strict=True):
+                ax.annotate(
+                    f"{y:.3g}",
+                    (bar.get_x() + bar.get_width() / 2, y),
+                    xytext=(0, 2),
+                    textcoords="offset points",
+                    ha="center",
+                    va="bottom",
+                    rotation=90,
+                    fontsize=small,
+                )
         ax.set_yscale("log")
-        ax.set_ylim(bottom=bottom)
+        ax.set_ylim(bottom=bottom, top=ax.get_ylim()[1] * 3)  # room for the labels
         ax.set_xlim(-0.5, len(steps) - 0.5)
         ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(FuncFormatter(_mb))
