@@ -146,15 +146,18 @@ def plot_chunk_sizes(doc: dict[str, Any], out: Path) -> bool:
             linestyle=":",
             color=ax.lines[-1].get_color(),
         )
-        ax2.plot(xs, [r["image_bytes"] / 1e6 for r in pts], marker="s", label=f"{series} (new)")
+        new = step.split("->")[-1]
+        ax2.plot(xs, [r["image_bytes"] / 1e6 for r in pts], marker="s", label=f"{series} {new}")
     for a in (ax, ax2):
         a.set_xscale("log", base=2)
         a.set_xticks([r for r in sorted({r["cdc_kib"][1] for r in rows})])
         a.set_xticklabels([f"{x}" for x in sorted({r["cdc_kib"][1] for r in rows})])
         a.set_xlabel("FastCDC average chunk size, KiB (min = avg/4, max = 4 avg)")
         a.grid(alpha=0.3, which="both")
-    ax.set_yscale("log")
-    ax.set_ylabel("update MB (log); dotted: per-file CDC estimate")
+        a.axvline(64, color="grey", linestyle="--", linewidth=0.8)
+        a.annotate("default", (64, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                   textcoords="offset points", fontsize=8, color="grey")  # fmt: skip
+    ax.set_ylabel("update MB (solid); dotted: per-file CDC estimate")
     ax.set_title("Bytes per update vs chunk size", fontsize=10)
     ax.legend(fontsize=8)
     ax2.set_ylabel("fresh-pull image MB")
