@@ -156,6 +156,7 @@ def run_suite(args: argparse.Namespace, profile: Profile, doc: dict[str, Any]) -
             name,
             [built[k].path if k in built else Path("/nonexistent") for k in range(n)],
             [v.key() for v in spec.versions],
+            code=args.images_code,
         )
         doc["code"] = ws.code
         try:
@@ -529,6 +530,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--fresh", action="store_true", help="ignore stored cells")
     ap.add_argument("--no-sweep", action="store_true", help="skip the chunk-size sweep")
     ap.add_argument("--sweep-only", action="store_true", help="only the chunk-size sweep")
+    ap.add_argument(
+        "--images-code",
+        help="use the images built by this chunkah code state (a hash from an earlier run) "
+        "instead of the current one: for re-running client-side strategies",
+    )
     ap.add_argument(
         "--stored-only",
         action="store_true",

@@ -123,12 +123,15 @@ def wire_of(entries: list[AccessEntry], config_digests: set[str]) -> Wire:
 class Workspace:
     """Shared artifacts of one series: ``tar(k)``, ``image(kind, k)``, ``ref(kind, k)``."""
 
-    def __init__(self, root: Path, series: str, trees: list[Path], keys: list[str]) -> None:
+    def __init__(
+        self, root: Path, series: str, trees: list[Path], keys: list[str], code: str | None = None
+    ) -> None:
         self.root = root
         self.series = series
         self.trees = trees
         self.keys = keys  # series.py's recipe keys, one per version
-        self.code = code_state()
+        # *code*: use the images an earlier code state built (client-side re-runs).
+        self.code = code or code_state()
         self._registry: RunningRegistry | None = None
         self._pushed: dict[tuple[str, int], str] = {}
         self._configs: set[str] = set()
