@@ -19,7 +19,8 @@ sends is what ``chunkah update`` sends, through the same code:
 - **chunks**: ``RegistryClient.resolve`` (manifest + config), one range request per
   new layer's TOC (``RangeFetcher``; TOCs of layers the host has are cached, as
   ``chunkah update`` caches them; each host checks its TOC bytes' sha256, the
-  decoding is shared), ``plan_update`` against the inventory (made once per wave and
+  decoding is shared), the delta discovery ``chunkah update`` makes (``find_deltas``:
+  the referrers API, or its tag fallback; none is published), ``plan_update`` against the inventory (made once per wave and
   worker: every host has the same inventory, so the same plan), then the plan's
   ranges through ``RangeFetcher`` per layer, 3 layers at a time -- ``fetch_plan``'s
   requests.  With ``--verify`` it is ``fetch_plan`` itself, every chunk
@@ -173,6 +174,7 @@ class Shared:
 
         layout = OciLayout(v1_layout)
         image = resolve_image(layout, v1_tag)
+        self.v1_digest = image.digest  # the host's current manifest
         self.v1_layers: dict[str, Any] = {}
         indexes = []
         for i, desc in enumerate(image.manifest.layers):
@@ -233,6 +235,14 @@ async def _update_chunks(client: Any, ref: Any, shared: Shared) -> None:
     indexes = list(
         await asyncio.gather(*(index(i, d) for i, d in enumerate(image.manifest.layers)))
     )
+    # chunkah update looks for a delta artifact (current -> target) before planning: the
+    # referrers API (chunkah serve) or its tag fallback (docker-registry: two 404s).
+    # None is published here, so the update goes on with chunks, as it would.
+    from chunkah.delta.artifact import find_deltas
+    from chunkah.errors import ChunkahError
+
+    with contextlib.suppress(ChunkahError):
+        await find_deltas(client, image.reference, image.digest, shared.v1_digest)
     # Every host of the fleet has the same inventory, so the same plan: it is made once
     # per wave and worker (tens of ms of client CPU per host that the registry never sees).
     key = tuple(ix.digest for ix in indexes)
@@ -314,6 +324,7 @@ async def _worker_main(v1_layout: str) -> None:
     """Serve waves until stdin closes.  Per wave: a spec line (JSON) -> "ready" ->
     the orchestrator's "go" -> one JSON line of results."""
     # Import now: a host's first request must not pay for module loading.
+    import chunkah.delta.artifact
     import chunkah.host.fetch
     import chunkah.host.plan
     import chunkah.registry.client

@@ -610,8 +610,11 @@ async def _referrers(request: web.Request, name: str, digest: str) -> web.Stream
     repo = request.app[REGISTRY_KEY].existing(name)
     if not is_valid_digest(digest):
         raise _digest_invalid(digest)
-    async with repo.lock:  # the cache file is rewritten when index.json changed
-        found = await asyncio.to_thread(repo.store.referrers, digest)
+    if repo.store.referrers_cached():  # index.json unchanged: from memory, on the loop
+        found = repo.store.referrers(digest)
+    else:
+        async with repo.lock:  # the cache file is rewritten when index.json changed
+            found = await asyncio.to_thread(repo.store.referrers, digest)
     headers = dict(_API_HEADER)
     wanted = request.query.getall("artifactType", [])
     if wanted:

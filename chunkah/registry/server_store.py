@@ -186,6 +186,7 @@ class RepoStore:
         # renames), and small manifests are kept, checked against the file's size.
         self._index_cache: tuple[tuple[int, ...], Index, dict[str, Descriptor]] | None = None
         self._index_writes = 0  # part of the key: our own writes always invalidate
+        self._referrers_mem: tuple[tuple[int, ...], dict[str, dict[str, Any]]] | None = None
         self._small: dict[str, tuple[bytes, ManifestInfo | None]] = {}
         self._small_bytes = 0
         self._small_lock = threading.Lock()
@@ -464,10 +465,22 @@ class RepoStore:
         a restart reads nothing new and a hand-edited layout costs one read per
         manifest that the cache does not know yet.
         """
-        cache = self._referrers_cache()
+        key = self._index_key()
+        mem = self._referrers_mem
+        if key is not None and mem is not None and mem[0] == key:
+            cache = mem[1]
+        else:
+            cache = self._referrers_cache()
+            if key is not None:
+                self._referrers_mem = (key, cache)  # one assignment, as for the index
         out = [e["descriptor"] for e in cache.values() if e.get("subject") == subject]
         out.sort(key=lambda d: str(d["digest"]))
         return out
+
+    def referrers_cached(self) -> bool:
+        """Whether :meth:`referrers` would answer from memory (one stat, no file read)."""
+        mem = self._referrers_mem
+        return mem is not None and mem[0] == self._index_key()
 
     def _referrers_cache(self) -> dict[str, dict[str, Any]]:
         index_path = self.path / "index.json"
