@@ -302,6 +302,18 @@ def test_index_and_manifest_caches_follow_changes(tmp_path: Path) -> None:
     assert not store.index_cached()
     found = store.find_manifest("u")
     assert found is not None and found.digest == descs[0].digest
+    # Referrers: from memory while index.json is unchanged, recomputed when it changes.
+    subject = descs[0].digest
+    assert store.referrers(subject) == []
+    assert store.referrers_cached()
+    referrer = json.dumps(
+        {"schemaVersion": 2, "mediaType": media, "subject": {"digest": subject}}
+    ).encode()
+    rdigest = store.write_blob_bytes(referrer)
+    store.put_manifest(Descriptor(media_type=media, digest=rdigest, size=len(referrer)), None)
+    assert not store.referrers_cached()
+    assert [d["digest"] for d in store.referrers(subject)] == [rdigest]
+    assert store.referrers_cached()
     # Manifest bytes: kept after the first read, forgotten when the file goes.
     digest = descs[1].digest
     assert store.read_small_blob(digest) == bodies[1]
