@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -146,3 +147,32 @@ def test_kill9_sweep_resumes_and_bytes_stay_bounded(
     assert len(chain) >= 50
     print(f"{len(chain)} crashes: {chain_bytes} bytes against {clean_bytes} for one clean run")
     assert chain_bytes <= 1.2 * clean_bytes, (chain_bytes, clean_bytes, len(chain))
+
+
+@pytest.mark.parametrize("point", ["fetched-1#1", "chunk-stored#9"])
+def test_kill9_while_fetching_then_rerun(
+    small_images: dict[int, tuple[str, Path]],
+    docker_registry: RunningRegistry,
+    tmp_path: Path,
+    point: str,
+) -> None:
+    """More points inside the fetch, each from v1: the crashed run and the re-run
+    together fetch at most 1.2x a clean run (what arrived verified was kept)."""
+    (ref1, src1), (_ref2, src2) = small_images[1], small_images[2]
+    sysroot = tmp_path / "sys"
+    chunkah(*update_cmd(ref1, sysroot))
+    template = tmp_path / "template"
+    shutil.copytree(sysroot, template, symlinks=True)
+    with proxy_thread(docker_registry.url, rate=RATE) as proxy:
+        via = small_images[2][0].replace(docker_registry.host, proxy.host)
+        mark = len(proxy.requests)
+        chunkah(*update_cmd(via, template))  # the clean run, on a copy
+        clean_bytes = sent_since(proxy, mark)
+        mark = len(proxy.requests)
+        run = chunkah(*update_cmd(via, sysroot), env={CRASH_ENV: point}, check=False)
+        assert run.returncode == CRASH_EXIT, run.stderr[-2000:]
+        assert_trees_equal(src1, os.path.realpath(sysroot / "current"), mtime_clamp=None)
+        chunkah(*update_cmd(via, sysroot))
+        both = sent_since(proxy, mark)
+    assert_trees_equal(src2, os.path.realpath(sysroot / "current"), mtime_clamp=None)
+    assert both <= 1.2 * clean_bytes, (both, clean_bytes)
