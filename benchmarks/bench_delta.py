@@ -205,7 +205,7 @@ def main() -> None:
         doc["image_code"] = ws.code
         sdoc = doc["series"].setdefault(name, {"steps": []})
         steps = len(built) - 1 if args.max_steps is None else min(args.max_steps, len(built) - 1)
-        scratch = args.cache / "scratch"
+        scratch = args.cache / f"scratch-{os.getpid()}"  # two runs may share the cache
         try:
             for k in range(steps):
                 old, new = built[k], built[k + 1]
