@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 from typing import Any
 
@@ -43,6 +44,11 @@ def _ref(step: Step, k: int) -> tuple[str, str]:
     return ref, f"oci:{img.root}:{img.tag}"
 
 
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def _update(step: Step, ref: str, sysroot: Any, *extra: str) -> tuple[Any, Wire]:
     mark = step.ws.mark()
     m = run_measured(
@@ -59,14 +65,21 @@ def measure_delta_update(step: Step, *, chunks_too: bool = True) -> dict[str, An
     ``chunks_only`` (the same update with ``--no-deltas``)."""
     old_ref, old_oci = _ref(step, step.k)
     new_ref, new_oci = _ref(step, step.k + 1)
+    cpu = _children_cpu()
     gen = run_measured(
         chunkah_cmd("delta", old_oci, new_oci, "-o", new_ref, "--plain-http", "--json", "-q"),
         timeout=TIMEOUT,
         env={"SOURCE_DATE_EPOCH": str(EPOCH)},
     ).check()
+    cpu = _children_cpu() - cpu  # the process and its encoding workers (reaped, so counted)
     made = json.loads(gen.stdout)
     out: dict[str, Any] = {
-        "generate": {"seconds": gen.seconds, "maxrss_mib": gen.maxrss_mib, "report": made}
+        "generate": {
+            "seconds": gen.seconds,
+            "cpu_seconds": cpu,
+            "maxrss_mib": gen.maxrss_mib,
+            "report": made,
+        }
     }
     sysroot = step.work / "sysroot"
     for label, extra in (("deltas", ()), ("chunks_only", ("--no-deltas",))):
