@@ -274,9 +274,27 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0 to 86400 seconds")
+    return value
+
+
 def _cmd_update(args: argparse.Namespace) -> int:
     from chunkah.host.update import run_update
 
+    if args.jitter:
+        from chunkah.registry.retry import start_delay
+
+        # A fleet triggered at once spreads its start over the window (docs/scale.md).
+        delay = start_delay(args.jitter)
+        if not args.quiet and not args.json:
+            print(f"waiting {delay:.1f} s before starting (--jitter)", file=sys.stderr)
+        time.sleep(delay)
     store = _open_host_store(args.sysroot, create=True)
     bar = None
     progress = None
@@ -539,6 +557,12 @@ def build_parser() -> argparse.ArgumentParser:
             "--no-deltas", action="store_true",
             help="do not look for per-file deltas (docs/delta.md); chunks only",
         )  # fmt: skip
+        if name == "update":
+            hp.add_argument(
+                "--jitter", type=_non_negative_seconds, default=0.0, metavar="SECONDS",
+                help="wait a random time in [0, SECONDS] first, so a fleet updating at once "
+                "does not hit the registry in the same second (default 0)",
+            )  # fmt: skip
         _add_registry_options(hp)
         hp.add_argument("--json", action="store_true", help="one JSON document on stdout")
         hp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

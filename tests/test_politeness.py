@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -250,3 +251,30 @@ def test_concurrency_per_host_is_bounded() -> None:
             assert 1 < pb.peak <= 5
 
     run(go)
+
+
+def test_update_jitter_waits_within_the_window_before_touching_the_sysroot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from chunkah import cli
+
+    slept: list[float] = []
+    monkeypatch.setattr(cli.time, "sleep", slept.append)
+    sysroot = tmp_path / "sys"
+    # Nothing listens on port 9: after the wait the update fails with a network error.
+    rc = cli.main(
+        ["update", "docker://127.0.0.1:9/x/y:z", "--sysroot", str(sysroot), "--plain-http",
+         "--jitter", "30"]
+    )  # fmt: skip
+    assert rc != 0
+    assert len(slept) == 1 and 0 <= slept[0] <= 30
+    assert "--jitter" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["-1", "soon", "1e9"])
+def test_update_jitter_refuses_bad_windows(bad: str) -> None:
+    from chunkah import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["update", "docker://h/r:t", "--sysroot", "/nonexistent", "--jitter", bad])
+    assert exc.value.code == 2
