@@ -461,8 +461,25 @@ def sweep_table(doc: dict[str, Any]) -> str:
 def render_markdown(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     load = doc["load"]
+    cells = [
+        c
+        for sdoc in doc["series"].values()
+        for st in sdoc["steps"]
+        for c in st["cells"].values()
+        if c.get("measured_at")
+    ]
+    span = ""
+    if cells:
+        loads = [c["load_before"] for c in cells]
+        span = (
+            f"Cells measured {min(c['measured_at'] for c in cells)} to "
+            f"{max(c['measured_at'] for c in cells)}, 1-min load {min(loads):.1f}-"
+            f"{max(loads):.1f} when each started."
+        )
     lines = [
         f"# Benchmark suite ({doc['profile']} profile)",
+        "",
+        span,
         "",
         f"{m['date']}, {m['cpu']} ({m['cores']} cores, {m['memory_gib']} GiB), "
         f"Python {m['python']}, kernel {m['kernel']}; 1-min load {load[0]:.2f} at the start"
