@@ -148,6 +148,24 @@ SETTINGS = {
     "16/64/256 inline32K pack192K L19": ChunkedSettings(
         19, CdcSettings(16 << 10, 64 << 10, 256 << 10), 32 << 10, 192 << 10
     ),
+    "16/64/256 inline64K pack256K L16": ChunkedSettings(
+        16, CdcSettings(16 << 10, 64 << 10, 256 << 10), 64 << 10, 256 << 10
+    ),
+    "16/64/256 inline64K pack512K L16": ChunkedSettings(
+        16, CdcSettings(16 << 10, 64 << 10, 256 << 10), 64 << 10, 512 << 10
+    ),
+    "32/128/512 inline64K pack256K L16": ChunkedSettings(
+        16, CdcSettings(32 << 10, 128 << 10, 512 << 10), 64 << 10, 256 << 10
+    ),
+    "32/128/512 inline128K pack512K L16": ChunkedSettings(
+        16, CdcSettings(32 << 10, 128 << 10, 512 << 10), 128 << 10, 512 << 10
+    ),
+    "32/128/512 inline64K pack512K L16": ChunkedSettings(
+        16, CdcSettings(32 << 10, 128 << 10, 512 << 10), 64 << 10, 512 << 10
+    ),
+    "32/128/512 inline128K pack512K L19": ChunkedSettings(
+        19, CdcSettings(32 << 10, 128 << 10, 512 << 10), 128 << 10, 512 << 10
+    ),
 }
 
 
