@@ -25,6 +25,7 @@ MODULES: tuple[str, ...] = (
     "fullpull",
     "layers",
     "chunkah_update",
+    "chunkah_delta",
     "podman",
     "casync",
     "zchunk",

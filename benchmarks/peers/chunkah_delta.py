@@ -134,5 +134,12 @@ def _run(step: Step) -> dict[str, Any]:
 
 
 STRATEGIES = [
-    Strategy("chunkah-delta", "chunkah update with per-file deltas (ours)", _run, ours=True)
+    # quick=False: chunkah delta costs about a CPU-minute on tiny, beyond bench-quick's budget
+    Strategy(
+        "chunkah-delta",
+        "chunkah update with per-file deltas (ours)",
+        _run,
+        ours=True,
+        quick=False,
+    )
 ]
