@@ -34,6 +34,19 @@ def _same(a: Path, b: Path) -> dict[str, Any]:
     return verdict([f"content differs for the decoded tar: {a} != {b}"], mtimes="—")
 
 
+def _result(delta: Path, enc: Any, dec: Any, check: dict[str, Any]) -> dict[str, Any]:
+    """What every reference delta reports: its size, both runs' time and memory, the check."""
+    return {
+        "bytes": delta.stat().st_size,
+        "seconds": enc.seconds,
+        "apply_seconds": dec.seconds,
+        "encode_maxrss_mib": enc.maxrss_mib,
+        "apply_maxrss_mib": dec.maxrss_mib,
+        "ok": check["ok"],
+        "tree": check,
+    }
+
+
 def measure_zstd_patch_from(
     old_tar: Path, new_tar: Path, *, level: int = 19, workdir: Path | None = None
 ) -> dict[str, Any]:
@@ -55,16 +68,7 @@ def measure_zstd_patch_from(
             ["zstd", "-q", "-d", "--long=31", f"--patch-from={old_tar}", delta, "-o", back],
             timeout=TIMEOUT,
         ).check()
-        check = _same(new_tar, back)
-        return {
-            "bytes": delta.stat().st_size,
-            "seconds": enc.seconds,
-            "apply_seconds": dec.seconds,
-            "encode_maxrss_mib": enc.maxrss_mib,
-            "apply_maxrss_mib": dec.maxrss_mib,
-            "ok": check["ok"],
-            "tree": check,
-        }
+        return _result(delta, enc, dec, _same(new_tar, back))
 
 
 def measure_xdelta3(old_tar: Path, new_tar: Path, *, workdir: Path | None = None) -> dict[str, Any]:
@@ -82,16 +86,7 @@ def measure_xdelta3(old_tar: Path, new_tar: Path, *, workdir: Path | None = None
         dec = run_measured(
             ["xdelta3", "-d", "-B", window, "-s", old_tar, delta, back], timeout=TIMEOUT
         ).check()
-        check = _same(new_tar, back)
-        return {
-            "bytes": delta.stat().st_size,
-            "seconds": enc.seconds,
-            "apply_seconds": dec.seconds,
-            "encode_maxrss_mib": enc.maxrss_mib,
-            "apply_maxrss_mib": dec.maxrss_mib,
-            "ok": check["ok"],
-            "tree": check,
-        }
+        return _result(delta, enc, dec, _same(new_tar, back))
 
 
 def _as_result(r: dict[str, Any], what: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import zstandard
 
+from chunkah.compression import CompressionError, decompress_frame
 from chunkah.delta.encode import ENCODING_NAMES
 from chunkah.errors import VerificationError
 
@@ -92,8 +93,8 @@ def decode_index(blob: bytes) -> tuple[list[DeltaOffer], int]:
     if params.content_size < _HEADER.size or params.content_size > MAX_BODY:
         raise DeltaIndexError(f"delta index body of {params.content_size} bytes")
     try:
-        body = zstandard.ZstdDecompressor().decompress(blob, max_output_size=params.content_size)
-    except zstandard.ZstdError as exc:
+        body = decompress_frame(blob, params.content_size)
+    except CompressionError as exc:
         raise DeltaIndexError(f"delta index does not decompress: {exc}") from None
     magic, version, flags, n, strings_size, data_size = _HEADER.unpack_from(body)
     if magic != MAGIC or version != VERSION or flags != 0:

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-import zstandard
-
 from chunkah import oci
+from chunkah.compression import CompressionError, decompress_frame
 from chunkah.delta.pairing import FileInfo
 from chunkah.errors import InputError, VerificationError
 from chunkah.format.toc import decode_toc_frame
@@ -57,11 +56,12 @@ class ImageFiles:
             blob = self._blobs[layer] = self.layout.blob_path(self.indexes[layer].digest).open("rb")
         ref = self.indexes[layer].frames[frame]
         blob.seek(ref.offset)
-        raw = zstandard.ZstdDecompressor().decompress(
-            blob.read(ref.size), max_output_size=ref.usize
-        )
-        if len(raw) != ref.usize:
-            raise VerificationError(f"layer {self.indexes[layer].digest}: frame {frame} is short")
+        try:
+            raw = decompress_frame(blob.read(ref.size), ref.usize)
+        except CompressionError as exc:
+            raise VerificationError(
+                f"layer {self.indexes[layer].digest}: frame {frame}: {exc}"
+            ) from None
         self._frames[key] = raw
         if len(self._frames) > _FRAME_CACHE:
             self._frames.popitem(last=False)
