@@ -108,9 +108,6 @@ def crash_point(name: str) -> None:
         os._exit(CRASH_EXIT)
 
 
-_checkpoint = crash_point
-
-
 # --- durability -------------------------------------------------------------------------
 
 
@@ -401,12 +398,12 @@ def commit_deployment(
             # journal commits on ext4 cost seconds; the commit point only needs all
             # of it durable before the switch.
             sync_filesystem(staged)
-        _checkpoint("synced")
+        crash_point("synced")
 
         doing = "storing TOCs"
         for digest, blob in metadata.tocs.items():
             sysroot.toc_put(digest, blob)
-        _checkpoint("tocs-stored")
+        crash_point("tocs-stored")
 
         doing = "merging /etc"
         merge, merged_from = _merge_etc(sysroot, old, staged / "etc")
@@ -416,7 +413,7 @@ def commit_deployment(
             new_dir=staged / "etc",
             dest=work / "etc",
         )
-        _checkpoint("etc-merged")
+        crash_point("etc-merged")
 
         new_var = not os.path.lexists(sysroot.var_dir)
         if new_var:
@@ -426,7 +423,7 @@ def commit_deployment(
                 copy_tree(image_var, work / "var")
             else:
                 (work / "var").mkdir(mode=0o755)
-        _checkpoint("var-created")
+        crash_point("var-created")
 
         doing = "recording the deployment"
         deployment = Deployment(
@@ -446,7 +443,7 @@ def commit_deployment(
         doc = json.dumps(deployment.to_json(), indent=2, sort_keys=True).encode() + b"\n"
         write_file_atomic(work / "dep" / "deployment.json", doc)
         fsync_dir(work)
-        _checkpoint("recorded")
+        crash_point("recorded")
 
         doing = "moving the deployment into place"
         undo.paths += [etc_dir, dep_dir]
@@ -458,12 +455,12 @@ def commit_deployment(
             fsync_dir(sysroot.state_dir)
         os.rename(work / "dep", dep_dir)
         fsync_dir(sysroot.deployments_dir)
-        _checkpoint("moved")
+        crash_point("moved")
 
         doing = "switching to the new deployment"
         undo.paths.append(sysroot.journal_path)
         sysroot.write_journal(old.id if old else None, new_id)
-        _checkpoint("journaled")
+        crash_point("journaled")
         sysroot.replace_symlink("current", new_id, sync=False)  # the commit point
     except BaseException as exc:
         _take_back(sysroot, undo, new_id)
@@ -476,11 +473,11 @@ def commit_deployment(
     # After the commit point: bookkeeping the journal lets the next run finish.
     with contextlib.suppress(OSError):
         fsync_dir(sysroot.path)
-    _checkpoint("switched")
+    crash_point("switched")
     with contextlib.suppress(OSError, StateError):
         sysroot.finish_switch()
         remove_tree(work)
-    _checkpoint("finalized")
+    crash_point("finalized")
     return deployment
 
 
@@ -532,7 +529,7 @@ def rollback(sysroot: Sysroot, *, wait: float | None = None) -> Deployment:
             raise StateError(f"previous deployment {target.id} has no tree at {target.root}")
         try:
             sysroot.write_journal(ptr.current, target.id)
-            _checkpoint("journaled")
+            crash_point("journaled")
             sysroot.replace_symlink("current", target.id, sync=False)  # the commit point
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -543,7 +540,7 @@ def rollback(sysroot: Sysroot, *, wait: float | None = None) -> Deployment:
             raise StateError(f"rollback failed: {exc}; nothing was changed") from exc
         with contextlib.suppress(OSError):
             fsync_dir(sysroot.path)
-        _checkpoint("switched")
+        crash_point("switched")
         with contextlib.suppress(OSError, StateError):
             sysroot.finish_switch()
         return target

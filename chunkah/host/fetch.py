@@ -25,7 +25,7 @@ from chunkah.registry.client import RegistryClient
 from chunkah.registry.fetcher import RangeFetcher, RangeOptions
 from chunkah.registry.reference import RegistryReference
 
-__all__ = ["ChunkStore", "FetchStats", "crash_point", "fetch_plan", "frames_to_chunks"]
+__all__ = ["ChunkStore", "FetchStats", "fetch_plan", "frames_to_chunks"]
 
 
 class ChunkStore(Protocol):

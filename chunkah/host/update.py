@@ -29,7 +29,8 @@ from chunkah.format.toc import TocError, decode_toc_frame
 from chunkah.format.writer import ANNOTATION_TOC_DIGEST, ANNOTATION_TOC_POSITION
 from chunkah.format.zstd_chunked import is_zstd_chunked
 from chunkah.host.assemble import assemble, verify_diff_ids
-from chunkah.host.fetch import FetchStats, crash_point, fetch_plan
+from chunkah.host.deploy import crash_point
+from chunkah.host.fetch import FetchStats, fetch_plan
 from chunkah.host.index import ChunkRef, IndexEntry, LayerIndex, index_from_toc
 from chunkah.host.plan import Inventory, UpdatePlan, inventory_from_indexes, plan_update
 from chunkah.host.store import HostStore
