@@ -184,7 +184,11 @@ def run_suite(args: argparse.Namespace, profile: Profile, doc: dict[str, Any]) -
                         # --stored-only takes what is there: the chunkah code of a long
                         # run moves under it in a shared tree (each cell records its own).
                         if args.stored_only or (
-                            stored.get("key") == key and stored.get("status") != "error"
+                            stored.get("status") != "error"
+                            and (
+                                stored.get("key") == key
+                                or _peer_cell_kept(args, strategy, stored, old.key, new.key)
+                            )
                         ):
                             sstep["cells"][strategy.name] = stored
                             log(f"  {step.name} {strategy.name}: stored ({_brief(stored)})")
@@ -206,6 +210,16 @@ def run_suite(args: argparse.Namespace, profile: Profile, doc: dict[str, Any]) -
                     write_outputs(args, doc, final=False)
         finally:
             ws.close()
+
+
+def _peer_cell_kept(
+    args: argparse.Namespace, strategy: Strategy, stored: dict[str, Any], old: str, new: str
+) -> bool:
+    """``--keep-peer-cells``: a peer's cell measured on the same versions with the same
+    peer module stays valid when only chunkah's code moved (it records its own code)."""
+    if not args.keep_peer_cells or strategy.ours or stored.get("status") != "ok":
+        return False
+    return stored.get("key") == cell_key(strategy, old, new, str(stored.get("code")))
 
 
 def _fingerprint(b: Any) -> str:
@@ -556,6 +570,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--stored-only",
         action="store_true",
         help="measure nothing: tables and plots from the stored cells (others: 'not run')",
+    )
+    ap.add_argument(
+        "--keep-peer-cells",
+        action="store_true",
+        help="keep peers' stored cells measured under another chunkah code state "
+        "(ours are re-measured); each cell records the code it ran with",
     )
     ap.add_argument("--update-thresholds", action="store_true")
     ap.add_argument("--check-thresholds", action=argparse.BooleanOptionalAction, default=None)

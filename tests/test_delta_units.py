@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import random
+import struct
+import subprocess
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,6 +15,7 @@ from hypothesis import strategies as st
 from chunkah.delta.encode import (
     BSDIFF_XZ,
     BSDIFF_ZSTD,
+    GZIP_INNER,
     ZSTD_PATCH,
     DeltaError,
     apply_delta,
@@ -26,6 +30,7 @@ from chunkah.delta.index import (
     offers_by_target,
 )
 from chunkah.delta.pairing import FileInfo, normalize_path, pair_files, similarity_key
+from chunkah.delta.regzip import GzipError
 from chunkah.host.index import ChunkRef, FrameRef, IndexEntry, LayerIndex
 from chunkah.host.plan import inventory_from_indexes, plan_update
 
@@ -249,6 +254,85 @@ def test_apply_caps_output_and_rejects_junk() -> None:
         apply_delta(BSDIFF_XZ, old, encode(BSDIFF_XZ, old, new), 10)
     with pytest.raises(DeltaError):
         apply_delta(99, old, delta, len(new))
+
+
+def gnu_gzip(data: bytes, level: int) -> bytes:
+    return subprocess.run(
+        ["gzip", "-n", f"-{level}", "-c"], input=data, capture_output=True, check=True
+    ).stdout
+
+
+def text(rng: random.Random, lines: int) -> bytes:
+    words = [b"kernel", b"module", b"security", b"fix", b"openssl", b"CVE-2026", b"update"]
+    return b"\n".join(b" ".join(rng.choice(words) for _ in range(8)) for _ in range(lines))
+
+
+@pytest.mark.parametrize("level", [1, 6, 9])
+def test_gzip_inner_deltas_the_content_and_regzips_exactly(level: int) -> None:
+    rng = random.Random(level)
+    old_raw = text(rng, 20_000)
+    new_raw = old_raw[:50_000] + b"a changed line\n" + old_raw[50_000:]
+    old, new = gnu_gzip(old_raw, level), gnu_gzip(new_raw, level)
+    encoding, delta = encode_best(old, new, level=19)
+    assert encoding == GZIP_INNER
+    # The compressed bytes differ from the change on: a delta of them saves little.
+    assert len(delta) * 20 < len(encode(ZSTD_PATCH, old, new, level=19))
+    assert apply_delta(encoding, old, delta, len(new)) == new
+
+
+def test_gzip_inner_is_not_offered_for_streams_gzip_does_not_reproduce() -> None:
+    rng = random.Random(3)
+    old_raw = text(rng, 5_000)
+    new_raw = old_raw + b"one more line\n"
+    # Level 4 leaves the header as level 6 would (XFL 0): gzip -n -6 does not remake it.
+    old, new = gzip.compress(old_raw, 4, mtime=0), gzip.compress(new_raw, 4, mtime=0)
+    assert gnu_gzip(new_raw, 6) != new
+    encoding, delta = encode_best(old, new, level=9)
+    assert encoding != GZIP_INNER
+    assert apply_delta(encoding, old, delta, len(new)) == new
+    with pytest.raises(GzipError):
+        encode(GZIP_INNER, old, new)
+
+
+def test_gzip_inner_rejects_lies_and_a_missing_gzip(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(4)
+    old_raw = text(rng, 5_000)
+    old, new = gnu_gzip(old_raw, 9), gnu_gzip(old_raw + b"tail\n", 9)
+    delta = encode(GZIP_INNER, old, new)
+    assert apply_delta(GZIP_INNER, old, delta, len(new)) == new
+    header = struct.Struct("<4sBBHQQ")
+    magic, lvl, inner, _r, old_size, new_size = header.unpack_from(delta)
+    body = delta[header.size :]
+    lies = [
+        header.pack(b"XXXX", lvl, inner, 0, old_size, new_size) + body,
+        header.pack(magic, 0, inner, 0, old_size, new_size) + body,
+        header.pack(magic, lvl, 9, 0, old_size, new_size) + body,
+        header.pack(magic, lvl, inner, 0, old_size - 1, new_size) + body,
+        header.pack(magic, lvl, inner, 0, old_size, 1 << 40) + body,  # a bomb
+        header.pack(magic, lvl, inner, 0, old_size, new_size - 1) + body,
+        delta[:10],
+    ]
+    for lie in lies:
+        with pytest.raises(DeltaError):
+            apply_delta(GZIP_INNER, old, lie, len(new))
+    with pytest.raises(DeltaError):  # not a gzip base
+        apply_delta(GZIP_INNER, old_raw, delta, len(new))
+    with pytest.raises(DeltaError):  # recompressed at another level: not the promised size
+        apply_delta(
+            GZIP_INNER, old, header.pack(magic, 1, inner, 0, old_size, new_size) + body, len(new)
+        )
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(DeltaError, match="no gzip program"):
+        apply_delta(GZIP_INNER, old, delta, len(new))
+
+
+def test_big_patch_from_goes_through_the_zstd_program_and_python_decodes_it() -> None:
+    rng = random.Random(5)
+    old = rng.randbytes(9 << 20)
+    new = mutate(rng, old, 30)
+    delta = encode(ZSTD_PATCH, old, new, level=3)  # 18 MiB together: the zstd CLI
+    assert len(delta) < 100_000
+    assert apply_delta(ZSTD_PATCH, old, delta, len(new)) == new
 
 
 # --- the index -----------------------------------------------------------------------

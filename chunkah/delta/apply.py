@@ -10,6 +10,7 @@ is counted and its file comes as chunks instead.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from collections.abc import Callable
@@ -128,7 +129,11 @@ async def fetch_and_apply(
                         continue
                     piece = result.data[o.offset - r.offset : o.offset - r.offset + o.size]
                     try:
-                        out = _rebuild(o, piece, current_root, bases[o.to_sha256])
+                        # In a thread (zstd, LZMA2 and gzip let go of the GIL): an
+                        # initrd takes seconds, and the fetch of later ranges goes on.
+                        out = await asyncio.to_thread(
+                            _rebuild, o, piece, current_root, bases[o.to_sha256]
+                        )
                     except (DeltaError, OSError, MemoryError, zstandard.ZstdError) as exc:
                         stats.failures.append(f"{o.path.decode(errors='replace')}: {exc}")
                         continue
