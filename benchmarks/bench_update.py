@@ -253,18 +253,24 @@ class Step:
         return wire_of(self.reg.access_entries(mark), set(self.configs))
 
 
-def chunkah_run(step: Step, sysroot: Path, clamps: Any, first: bool) -> dict[str, Any]:
-    """Fresh sysroot -> v_k (setup), then the measured ``chunkah update`` to v_k+1.
+def chunkah_run(
+    step: Step, sysroot: Path, clamps: Any, first: bool, *, deltas: bool
+) -> dict[str, Any]:
+    """Fresh sysroot -> v_k (setup), then the measured ``chunkah update`` to v_k+1,
+    with the published per-file deltas or without (``--no-deltas``: chunks only).
 
     The first run also checks the tree and updates to the same image once more.
     """
+    flags = () if deltas else ("--no-deltas",)
     repo = f"chunkah/{step.series}"
     old_ref, new_ref = step.reg.ref(repo, step.old_tag), step.reg.ref(repo, step.new_tag)
 
     def update(ref: str) -> tuple[Measured, Wire]:
         mark = step.reg.access_offset()
         m = run_measured(
-            chunkah_cmd("update", ref, "--sysroot", sysroot, "--plain-http", "--json", "-q"),
+            chunkah_cmd(
+                "update", ref, "--sysroot", sysroot, "--plain-http", "--json", "-q", *flags
+            ),
             timeout=PULL_TIMEOUT,
         ).check()
         return m, step.wire_since(mark)
@@ -279,7 +285,9 @@ def chunkah_run(step: Step, sysroot: Path, clamps: Any, first: bool) -> dict[str
             "seconds": m.seconds,
             "maxrss_mib": m.maxrss_mib,
             "wire": w.to_json(),
-            "reported": {k: report.get(k) for k in ("fetched_bytes", "requests", "seconds")},
+            "reported": {
+                k: report.get(k) for k in ("fetched_bytes", "requests", "seconds", "deltas")
+            },
             "phases": report.get("phases"),
             "setup_to_old": setup,
         }
@@ -444,6 +452,7 @@ def measure_step(step: Step, args: argparse.Namespace, work: Path) -> dict[str, 
     """All methods, run after run interleaved, so that a busy machine hurts them alike."""
     clamps = expected_clamps(step.new_src, EPOCH)
     chunkah: list[dict[str, Any]] = []
+    with_deltas: list[dict[str, Any]] = []
     podman: dict[str, Any] = (
         {"error": "skipped (--skip-podman)"} if args.skip_podman else {"partial": [], "full": []}
     )
@@ -459,7 +468,10 @@ def measure_step(step: Step, args: argparse.Namespace, work: Path) -> dict[str, 
             except ToolError as exc:
                 casync = {"error": str(exc)[:3000]}
         for i in range(args.runs):
-            chunkah.append(chunkah_run(step, work / "sysroot", clamps, first=i == 0))
+            chunkah.append(chunkah_run(step, work / "sysroot", clamps, first=i == 0, deltas=False))
+            with_deltas.append(
+                chunkah_run(step, work / "sysroot", clamps, first=i == 0, deltas=True)
+            )
             if "error" not in podman:
                 try:
                     partial, full = podman_run(step, work, first=i == 0)
@@ -480,6 +492,7 @@ def measure_step(step: Step, args: argparse.Namespace, work: Path) -> dict[str, 
             "setup_to_old": first["setup_to_old"],
             "unchanged": first["unchanged"],
         },
+        "chunkah_deltas": {"runs": with_deltas},
         "podman": podman,
         "casync": casync,
     }
@@ -579,6 +592,31 @@ def run_series(name: str, args: argparse.Namespace, work: Path) -> list[dict[str
                 preserve_digests=True,
                 timeout=BUILD_TIMEOUT,
             )
+        delta_made: list[dict[str, Any]] = []
+        for k in range(1, len(dirs)):
+            # The mirror's job, once per upgrade path: deltas v_k -> v_k+1 published
+            # next to the target (tag fallback: distribution 2.8 has no referrers API).
+            dest = reg.ref(f"chunkah/{name}", "x").rsplit(":", 1)[0]
+            t0 = time.perf_counter()
+            made = run_measured(
+                chunkah_cmd(
+                    "delta", f"oci:{ours[k - 1].root}:v{k}", f"oci:{ours[k].root}:v{k + 1}",
+                    "-o", dest, "--plain-http", "--json", "-q",
+                ),
+                timeout=BUILD_TIMEOUT,
+            ).check()  # fmt: skip
+            delta_made.append(
+                {
+                    "repo": dest,
+                    "wall_seconds": time.perf_counter() - t0,
+                    "maxrss_mib": made.maxrss_mib,
+                    **{
+                        k2: v
+                        for k2, v in json.loads(made.stdout).items()
+                        if k2 in ("kept", "delta_bytes", "cpu_seconds", "encodings", "index_bytes")
+                    },
+                }
+            )
         configs = {lay.config_digest for lay in (*ours, *podmans)}
         for k in range(1, len(dirs)):
             old_tag, new_tag = f"v{k}", f"v{k + 1}"
@@ -597,6 +635,7 @@ def run_series(name: str, args: argparse.Namespace, work: Path) -> list[dict[str
                     "zstd_chunked_new_layers": len(podmans[k].layers),
                 },
                 "build_seconds": {"old": build_seconds[k - 1], "new": build_seconds[k]},
+                "delta_made": delta_made[k - 1],
                 "cdc_estimate": {
                     "chunk_bytes": est.chunk_bytes,
                     "raw_bytes": est.raw_bytes,
@@ -657,8 +696,12 @@ def summarize(res: dict[str, Any]) -> tuple[list[list[str]], dict[str, Any]]:
     c_sec = median([r["seconds"] for r in c_runs])
     c_rss = max(r["maxrss_mib"] for r in c_runs)
     est = res["cdc_estimate"]
+    d_runs = res["chunkah_deltas"]["runs"]
+    d_bytes = d_runs[0]["wire"]["bytes"]
+    d_sec = median([r["seconds"] for r in d_runs])
     rows = [
-        _row("chunkah update", c_runs, short(c_runs[0].get("tree"))),
+        _row("chunkah update, with deltas", d_runs, short(d_runs[0].get("tree"))),
+        _row("chunkah update, chunks only (--no-deltas)", c_runs, short(c_runs[0].get("tree"))),
         _row(
             "chunkah update, unchanged image",
             [un],
@@ -673,7 +716,8 @@ def summarize(res: dict[str, Any]) -> tuple[list[list[str]], dict[str, Any]]:
             c_bytes / est["chunk_bytes"] if est["chunk_bytes"] else None
         ),
         "unchanged_only_manifest_and_config": un["only_manifest_and_config"],
-        "chunkah_peak_rss_mib": c_rss,
+        "chunkah_peak_rss_mib": max(c_rss, max(r["maxrss_mib"] for r in d_runs)),
+        "deltas_bytes": d_bytes,
     }
     pod = res["podman"]
     if "error" in pod:
@@ -690,6 +734,8 @@ def summarize(res: dict[str, Any]) -> tuple[list[list[str]], dict[str, Any]]:
         p_sec = median([r["seconds"] for r in p_runs])
         ratios["chunkah_bytes_over_podman_bytes"] = c_bytes / p_bytes if p_bytes else None
         ratios["chunkah_seconds_over_podman_seconds"] = c_sec / p_sec if p_sec else None
+        ratios["deltas_bytes_over_podman_bytes"] = d_bytes / p_bytes if p_bytes else None
+        ratios["deltas_seconds_over_podman_seconds"] = d_sec / p_sec if p_sec else None
         ratios["podman_requests"] = p_runs[0]["wire"]["requests"]
     cas = res["casync"]
     ok_runs = [r for r in cas.get("runs", []) if r["returncode"] == 0]
@@ -716,14 +762,29 @@ def ratio_lines(res: dict[str, Any], r: dict[str, Any]) -> list[str]:
         f" (chunks only, no TOCs: {f(r['chunkah_bytes_over_cdc_chunks_only'])}; "
         f"{t(r['chunkah_bytes_over_cdc_estimate'], 1.1, 'tiny')})",
     ]
+    if "deltas_bytes_over_podman_bytes" in r:
+        out.append(
+            f"- chunkah update with deltas / podman partial pull: bytes "
+            f"{f(r['deltas_bytes_over_podman_bytes'])} "
+            f"({t(r['deltas_bytes_over_podman_bytes'], 0.85, 'app')}), wall time "
+            f"{f(r['deltas_seconds_over_podman_seconds'])} "
+            f"({t(r['deltas_seconds_over_podman_seconds'], 1.0, 'app')})"
+        )
+    made = res.get("delta_made") or {}
+    if made:
+        out.append(
+            f"- deltas published by `chunkah delta`: {made.get('kept')} files, "
+            f"{mb(made.get('delta_bytes') or 0)} ({made.get('encodings')}), made in "
+            f"{made['wall_seconds']:.1f} s wall, {made.get('cpu_seconds')} CPU-s in workers"
+        )
     if "chunkah_bytes_over_podman_bytes" in r:
         out.append(
-            f"- chunkah bytes / podman partial-pull bytes: "
+            f"- chunks only (--no-deltas) / podman partial-pull bytes: "
             f"{f(r['chunkah_bytes_over_podman_bytes'])} "
             f"({t(r['chunkah_bytes_over_podman_bytes'], 0.85, 'app')})"
         )
         out.append(
-            f"- chunkah wall time / podman partial-pull wall time: "
+            f"- chunks only (--no-deltas) / podman partial-pull wall time: "
             f"{f(r['chunkah_seconds_over_podman_seconds'])} "
             f"({t(r['chunkah_seconds_over_podman_seconds'], 1.0, 'app')})"
         )

@@ -28,6 +28,7 @@ __all__ = ["DeltaSet", "compute_deltas"]
 #: A delta must beat the chunks by at least this much (the bytes its index entry costs).
 INDEX_ENTRY_COST = 64
 _IN_FLIGHT_BYTES = 256 << 20
+_IN_FLIGHT_JOBS_PER_WORKER = 4
 
 
 @dataclass
@@ -71,6 +72,7 @@ def compute_deltas(
     workers = workers or min(2, os.cpu_count() or 1)
     results: dict[bytes, tuple[Pair, int, bytes]] = {}
     cpu = 0.0
+    slowest: list[tuple[float, bytes]] = []
     dropped = 0
     done = 0
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
@@ -90,6 +92,9 @@ def compute_deltas(
                 in_flight -= pair.new.size + pair.old.size
                 encoding, delta, seconds = fut.result()
                 cpu += seconds
+                slowest.append((seconds, pair.new.path))
+                slowest.sort(reverse=True)
+                del slowest[5:]
                 done += 1
                 if len(delta) + INDEX_ENTRY_COST < costs[pair.new.path]:
                     results[pair.new.path] = (pair, encoding, delta)
@@ -99,7 +104,12 @@ def compute_deltas(
                     progress(done, len(jobs))
 
         for pair in jobs:
-            while pending and in_flight + pair.new.size + pair.old.size > _IN_FLIGHT_BYTES:
+            # Bounded by bytes (memory) and by count: wait() walks every pending future,
+            # so thousands of queued small files cost minutes of the main process.
+            while pending and (
+                in_flight + pair.new.size + pair.old.size > _IN_FLIGHT_BYTES
+                or len(pending) >= _IN_FLIGHT_JOBS_PER_WORKER * workers
+            ):
                 collect(True)
             old_data = _check(old, pair.old.path, old.read(pair.old.path), pair.old.sha256)
             new_data = _check(new, pair.new.path, new.read(pair.new.path), pair.new.sha256)
@@ -145,6 +155,10 @@ def compute_deltas(
         "chunk_bytes_replaced": round(kept_cost),
         "seconds": round(time.perf_counter() - started, 3),
         "cpu_seconds": round(cpu, 3),
+        "slowest": [
+            {"path": path.decode(errors="replace"), "cpu_seconds": round(t, 3)}
+            for t, path in slowest
+        ],
         "workers": workers,
     }
     return DeltaSet(offers, bytes(data), stats)
