@@ -54,6 +54,11 @@ def _patched(rng: random.Random, data: bytes, edits: int) -> bytes:
     return bytes(out) + b"signature:" + rng.randbytes(32)
 
 
+def _words(rng: random.Random, n: int) -> bytes:
+    vocab = [b"ext4", b"module", b"firmware", b"kernel", b"udev", b"systemd", b"crypto"]
+    return b" ".join(rng.choice(vocab) for _ in range(n))
+
+
 def make_versions(root: Path) -> tuple[Path, Path]:
     """v1 and v2 of a small OS: a kernel ABI bump (module directory renamed), a shared
     object whose soname version moves, a vendored library under a new hash, a binary
@@ -81,6 +86,16 @@ def make_versions(root: Path) -> tuple[Path, Path]:
             path.parent.mkdir(parents=True, exist_ok=True)
             changed = v == 2 and not tmpl.startswith(("etc/", "usr/share/"))
             path.write_bytes(_patched(random.Random(tmpl), content, 6) if changed else content)
+        # An initrd: gzip -n of content that changes a little, so the compressed bytes
+        # change from the first edit on (the gzip-inner encoding's case).
+        initrd = _words(random.Random(11), 60_000)
+        if v == 2:
+            initrd = initrd[:100_000] + b"a new module\n" + initrd[100_000:]
+        boot = src / "boot" / f"initrd.img-{names[v]['kv']}"
+        boot.parent.mkdir(parents=True, exist_ok=True)
+        boot.write_bytes(
+            subprocess.run(["gzip", "-n", "-6", "-c"], input=initrd, capture_output=True).stdout
+        )
         if v == 2:
             (src / "usr/bin/newtool").write_bytes(_binary(rng, 40_000))
         out.append(src)
@@ -127,6 +142,7 @@ def test_delta_made_and_published_by_tag_fallback(pushed):
     assert made["paired_by"]["renamed"] >= 4  # modules, the .so, the vendored library
     assert made["kept"] >= 6
     assert made["delta_bytes"] < made["chunk_bytes_replaced"] / 20
+    assert made["encodings"].get("gzip-inner") == 1  # the initrd, by its content
 
 
 def test_update_uses_deltas_and_fetches_less(pushed, docker_registry, tmp_path):
@@ -138,6 +154,8 @@ def test_update_uses_deltas_and_fetches_less(pushed, docker_registry, tmp_path):
     assert paths["usr/lib/modules/6.1.0-56-amd64/kernel/fs/ext4/ext4.ko"] == (
         "usr/lib/modules/6.1.0-50-amd64/kernel/fs/ext4/ext4.ko"
     )
+    # Rebuilt by regzipping on the host, then checked against the TOC's sha256.
+    assert paths["boot/initrd.img-6.1.0-56-amd64"] == "boot/initrd.img-6.1.0-50-amd64"
     chunks_only, wire_chunks = to_v2(pushed, docker_registry, tmp_path / "b", "--no-deltas")
     assert chunks_only["plan"]["files"].get("delta", 0) == 0
     assert wire < wire_chunks / 3, (wire, wire_chunks)
