@@ -8,8 +8,6 @@ for images ``chunkah build`` wrote.
 
 from __future__ import annotations
 
-import csv
-import io
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,8 @@ from chunkah.format.toc import decode_toc_frame
 from chunkah.format.writer import ANNOTATION_TOC_DIGEST, ANNOTATION_TOC_POSITION
 from chunkah.host.index import IndexEntry, LayerIndex, index_from_toc
 from chunkah.host.plan import flatten
+from chunkah.owners.errors import DatabaseError
+from chunkah.owners.python_dist import canonical_project_name, parse_record
 
 __all__ = ["ImageFiles", "open_image_files"]
 
@@ -110,12 +110,13 @@ class ImageFiles:
             elif path.endswith(b".dist-info/RECORD"):
                 dist_info = path[: -len(b"/RECORD")]
                 site, _, name = dist_info.rpartition(b"/")
-                project = name.split(b"-")[0].decode("utf-8", "replace").lower()
-                text = self.read(path).decode("utf-8", "replace")
-                for row in csv.reader(io.StringIO(text)):
-                    if row:
-                        rel = row[0].encode()
-                        owner.setdefault((site + b"/" if site else b"") + rel, project)
+                project = canonical_project_name(name.split(b"-")[0].decode("utf-8", "replace"))
+                try:
+                    rows = parse_record(self.read(path), path)
+                except DatabaseError:
+                    continue  # a RECORD we cannot read only means no owner for its files
+                for rel, _digest, _size in rows:
+                    owner.setdefault((site + b"/" if site else b"") + rel.encode(), project)
         return owner
 
     def file_infos(self) -> list[FileInfo]:

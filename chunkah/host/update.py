@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chunkah import oci
 from chunkah.compression import open_decompressed
@@ -39,6 +39,9 @@ from chunkah.registry.client import RegistryClient, RemoteImage
 from chunkah.registry.fetcher import RangeFetcher
 from chunkah.registry.reference import RegistryReference, parse_registry_reference
 from chunkah.registry.retry import Timeouts
+
+if TYPE_CHECKING:  # imported when an update looks for deltas
+    from chunkah.delta.artifact import FoundDeltas
 from chunkah.tree import Entry, EntryType
 from chunkah.tree.tar_reader import TAR_TYPES, header_entry, member_path
 
@@ -297,10 +300,9 @@ def _current_inventory(store: HostStore) -> tuple[Inventory, Path | None]:
 class _Deltas:
     """What delta discovery found (or why not): the artifact, its offers, the cost."""
 
-    found: Any = None  # chunkah.delta.artifact.FoundDeltas
+    found: FoundDeltas | None = None
     error: str | None = None
-    index_bytes: int = 0
-    bytes_before: int = 0  # wire bytes before discovery, to count what it cost
+    index_bytes: int = 0  # wire bytes discovery cost (probes, manifests, the index)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -316,16 +318,17 @@ async def _discover_deltas(
 ) -> _Deltas:
     """The delta artifact for (current -> target), if the registry has one.  Any
     failure only means no deltas: the update goes on with chunks."""
-    out = _Deltas(bytes_before=client.stats.bytes_received)
+    out = _Deltas()
     if not options.deltas or current is None or current == image.digest:
         return out
     from chunkah.delta.artifact import find_deltas
 
+    before = client.stats.bytes_received
     try:
         out.found = await find_deltas(client, image.reference, image.digest, current)
     except ChunkahError as exc:
         out.error = str(exc)
-    out.index_bytes = client.stats.bytes_received - out.bytes_before
+    out.index_bytes = client.stats.bytes_received - before
     return out
 
 
