@@ -78,7 +78,7 @@ bench-registry: setup
 
 # Every update strategy on every image series (hours; resumable: finished cells are kept).
 bench-suite: setup
-	$(BIN)/python benchmarks/suite.py --profile full
+	$(BIN)/python benchmarks/suite.py --profile full --keep-peer-cells
 
 # The fleet's quick profile, then the tiny series' v2->v3 step with every quick strategy;
 # fails when our byte counts regress beyond benchmarks/thresholds.json (run by make test).
