@@ -136,3 +136,26 @@ def test_plots_render(tmp_path: Path, with_sweep: bool) -> None:
     plots.render(doc, tmp_path / "b.png", tmp_path / "s.png")
     assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "s.png").exists() == with_sweep
+
+
+def test_keep_peer_cells_keeps_peers_measured_under_other_code_only() -> None:
+    import argparse
+
+    by_name = {s.name: s for s in suite.strategies()}
+    peer, ours = by_name["rsync"], by_name["chunkah-update"]
+    keep = argparse.Namespace(keep_peer_cells=True)
+    strict = argparse.Namespace(keep_peer_cells=False)
+
+    def stored(strategy: Any, code: str, status: str = "ok") -> dict[str, Any]:
+        key = suite.cell_key(strategy, "old", "new", code)
+        return {"status": status, "code": code, "key": key}
+
+    assert suite._peer_cell_kept(keep, peer, stored(peer, "earlier"), "old", "new")
+    assert not suite._peer_cell_kept(strict, peer, stored(peer, "earlier"), "old", "new")
+    # Ours are re-measured under new code; failed cells and other versions never kept.
+    assert not suite._peer_cell_kept(keep, ours, stored(ours, "earlier"), "old", "new")
+    assert not suite._peer_cell_kept(keep, peer, stored(peer, "earlier", "error"), "old", "new")
+    assert not suite._peer_cell_kept(keep, peer, stored(peer, "earlier"), "old", "newer")
+    # A cell whose recorded code does not give its key (another peer module) is not kept.
+    tampered = stored(peer, "earlier") | {"code": "other"}
+    assert not suite._peer_cell_kept(keep, peer, tampered, "old", "new")
