@@ -203,6 +203,8 @@ def run_suite(args: argparse.Namespace, profile: Profile, doc: dict[str, Any]) -
                     result = run_cell(strategy, step)
                     result["key"] = key
                     result["code"] = ws.code
+                    # With --images-code the images' code is not the client's: record both.
+                    result["client_code"] = code_state()
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
                     sstep["cells"][strategy.name] = result

@@ -55,7 +55,10 @@ ENCODING_NAMES = {
 }
 
 DEFAULT_LEVEL = 19
-BSDIFF_MAX = 64 << 20  # bsdiff's suffix sort costs ~9x the old file in memory
+#: bsdiff's suffix sort costs ~9x the old file in memory and ~1.4 CPU-s per MB; past
+#: this a level-18 patch-from is as small (numpy's 25 MB OpenBLAS: 2.82 MB against
+#: bsdiff-xz's 3.07 MB) for half the CPU.
+BSDIFF_MAX = 16 << 20
 _WINDOW_LOG_MAX = 31
 _BSDIFF_HEADER = struct.Struct("<4sIQQQ")  # magic, reserved, control, diff, extra lengths
 _BSDIFF_MAGIC = b"CKBD"
@@ -73,6 +76,11 @@ _BIG_CLOSE = 1.1
 #: 40 % of the CPU), so past 64 KiB only when the probe is within 1.2x of the best.
 _SMALL_FILE = 64 << 10
 _CLOSE = 1.2
+#: Between bsdiff's limit and this, patch-from at up to level 18 (through the zstd
+#: program); past it the probe is the answer: a level-19 pass over an initrd's 130 MB
+#: content takes minutes for a 20 % smaller delta.
+_PATCH_FULL_MAX = 64 << 20
+_PAST_BSDIFF_LEVEL = 18
 #: Above this (both files), patch-from runs in the zstd program: python-zstandard loads
 #: the old file as a dictionary, where long-distance matching does not see it (an
 #: initrd's content: 29 MB from python-zstandard at level 9, 10.6 MB from `zstd`).
@@ -185,8 +193,8 @@ def encode_best(
     the probe is the answer.  Otherwise bsdiff-xz (both files up to ``bsdiff_max``;
     bsdiff-zstd too when the patch is small), and patch-from at the full level only
     where it can still win: when the probe is less than twice the best so far for
-    files up to 64 KiB, 1.2 times up to 8 MiB, 1.1 times above (where a level-19 pass
-    costs minutes), never past ``bsdiff_max``.
+    files up to 64 KiB, 1.2 times up to 8 MiB, 1.1 times above.  Past ``bsdiff_max``
+    patch-from at level 18 at most, up to 64 MiB; beyond, the probe.
     """
     candidates = []
     inner = _gzip_inner(old, new, level, bsdiff_max)
@@ -197,21 +205,23 @@ def encode_best(
 
 
 def _plain_best(old: bytes, new: bytes, level: int, bsdiff_max: int) -> tuple[int, bytes]:
-    big = max(len(old), len(new)) > _BIG
+    size = max(len(old), len(new))
+    big = size > _BIG
     probe = _zstd_patch(old, new, min(level, 9))
     candidates = [(ZSTD_PATCH, probe)]
     if len(new) > 4096 and len(probe) > _DISSIMILAR * len(zstandard.compress(new, 3)):
         return ZSTD_PATCH, probe
-    if max(len(old), len(new)) <= bsdiff_max:
-        raw = _bsdiff_raw(old, new)
-        candidates.append((BSDIFF_XZ, _xz(raw, extreme=not big)))
-        if len(raw) <= _SMALL_PATCH:
-            candidates.append((BSDIFF_ZSTD, _zstd(raw, level)))
+    if size > bsdiff_max:
+        if level > 9 and size <= _PATCH_FULL_MAX:
+            candidates.append((ZSTD_PATCH, _zstd_patch(old, new, min(level, _PAST_BSDIFF_LEVEL))))
+        return min(candidates, key=lambda c: len(c[1]))
+    raw = _bsdiff_raw(old, new)
+    candidates.append((BSDIFF_XZ, _xz(raw, extreme=not big)))
+    if len(raw) <= _SMALL_PATCH:
+        candidates.append((BSDIFF_ZSTD, _zstd(raw, level)))
     best = min(candidates, key=lambda c: len(c[1]))
-    # Past bsdiff's limit the probe is the answer: a level-19 pass over an initrd's
-    # 130 MB takes minutes for a 20 % smaller delta.
     close = (2 if len(new) <= _SMALL_FILE else _BIG_CLOSE if big else _CLOSE) * len(best[1])
-    if level > 9 and len(candidates) > 1 and len(probe) < close:
+    if level > 9 and len(probe) < close:
         best = min([best, (ZSTD_PATCH, _zstd_patch(old, new, level))], key=lambda c: len(c[1]))
     return best
 
