@@ -55,10 +55,7 @@ ENCODING_NAMES = {
 }
 
 DEFAULT_LEVEL = 19
-#: bsdiff's suffix sort costs ~9x the old file in memory and ~1.4 CPU-s per MB; past
-#: this a level-18 patch-from is as small (numpy's 25 MB OpenBLAS: 2.82 MB against
-#: bsdiff-xz's 3.07 MB) for half the CPU.
-BSDIFF_MAX = 16 << 20
+BSDIFF_MAX = 64 << 20  # bsdiff's suffix sort costs ~9x the old file in memory
 _WINDOW_LOG_MAX = 31
 _BSDIFF_HEADER = struct.Struct("<4sIQQQ")  # magic, reserved, control, diff, extra lengths
 _BSDIFF_MAGIC = b"CKBD"
@@ -76,11 +73,14 @@ _BIG_CLOSE = 1.1
 #: 40 % of the CPU), so past 64 KiB only when the probe is within 1.2x of the best.
 _SMALL_FILE = 64 << 10
 _CLOSE = 1.2
-#: Between bsdiff's limit and this, patch-from at up to level 18 (through the zstd
-#: program); past it the probe is the answer: a level-19 pass over an initrd's 130 MB
-#: content takes minutes for a 20 % smaller delta.
-_PATCH_FULL_MAX = 64 << 20
-_PAST_BSDIFF_LEVEL = 18
+#: bsdiff's suffix sort costs ~1.4 CPU-s per MB.  Past this size it runs only when
+#: the probe says the files are close (under 12 % of the new size): numpy's 25 MB
+#: OpenBLAS rebuilt (probe 18 %) gives 2.82 MB by a level-18 patch-from against
+#: bsdiff-xz's 3.07 MB for half the CPU; patched (probe 8 %), bsdiff-xz gives 266 KB
+#: against patch-from's 527 KB.
+_BSDIFF_ALWAYS = 16 << 20
+_NEAR = 0.12
+_FAR_LEVEL = 18
 #: Above this (both files), patch-from runs in the zstd program: python-zstandard loads
 #: the old file as a dictionary, where long-distance matching does not see it (an
 #: initrd's content: 29 MB from python-zstandard at level 9, 10.6 MB from `zstd`).
@@ -193,8 +193,9 @@ def encode_best(
     the probe is the answer.  Otherwise bsdiff-xz (both files up to ``bsdiff_max``;
     bsdiff-zstd too when the patch is small), and patch-from at the full level only
     where it can still win: when the probe is less than twice the best so far for
-    files up to 64 KiB, 1.2 times up to 8 MiB, 1.1 times above.  Past ``bsdiff_max``
-    patch-from at level 18 at most, up to 64 MiB; beyond, the probe.
+    files up to 64 KiB, 1.2 times up to 8 MiB, 1.1 times above.  Over 16 MiB bsdiff
+    runs only when the probe is under 12 % of the new file (else a patch-from at
+    level 18 at most); past ``bsdiff_max``, the probe.
     """
     candidates = []
     inner = _gzip_inner(old, new, level, bsdiff_max)
@@ -212,8 +213,12 @@ def _plain_best(old: bytes, new: bytes, level: int, bsdiff_max: int) -> tuple[in
     if len(new) > 4096 and len(probe) > _DISSIMILAR * len(zstandard.compress(new, 3)):
         return ZSTD_PATCH, probe
     if size > bsdiff_max:
-        if level > 9 and size <= _PATCH_FULL_MAX:
-            candidates.append((ZSTD_PATCH, _zstd_patch(old, new, min(level, _PAST_BSDIFF_LEVEL))))
+        # Past bsdiff's limit the probe is the answer: a level-19 pass over an
+        # initrd's 130 MB content takes minutes for a 20 % smaller delta.
+        return ZSTD_PATCH, probe
+    if size > _BSDIFF_ALWAYS and len(probe) > _NEAR * len(new):
+        if level > 9:
+            candidates.append((ZSTD_PATCH, _zstd_patch(old, new, min(level, _FAR_LEVEL))))
         return min(candidates, key=lambda c: len(c[1]))
     raw = _bsdiff_raw(old, new)
     candidates.append((BSDIFF_XZ, _xz(raw, extreme=not big)))
