@@ -597,7 +597,6 @@ def run_series(name: str, args: argparse.Namespace, work: Path) -> list[dict[str
             # The mirror's job, once per upgrade path: deltas v_k -> v_k+1 published
             # next to the target (tag fallback: distribution 2.8 has no referrers API).
             dest = reg.ref(f"chunkah/{name}", "x").rsplit(":", 1)[0]
-            t0 = time.perf_counter()
             made = run_measured(
                 chunkah_cmd(
                     "delta", f"oci:{ours[k - 1].root}:v{k}", f"oci:{ours[k].root}:v{k + 1}",
@@ -605,16 +604,17 @@ def run_series(name: str, args: argparse.Namespace, work: Path) -> list[dict[str
                 ),
                 timeout=BUILD_TIMEOUT,
             ).check()  # fmt: skip
+            report = json.loads(made.stdout)
             delta_made.append(
                 {
                     "repo": dest,
-                    "wall_seconds": time.perf_counter() - t0,
+                    "wall_seconds": made.seconds,
                     "maxrss_mib": made.maxrss_mib,
-                    **{
-                        k2: v
-                        for k2, v in json.loads(made.stdout).items()
-                        if k2 in ("kept", "delta_bytes", "cpu_seconds", "encodings", "index_bytes")
-                    },
+                    "kept": report["kept"],
+                    "delta_bytes": report["delta_bytes"],
+                    "cpu_seconds": report["cpu_seconds"],
+                    "encodings": report["encodings"],
+                    "index_bytes": report["index_bytes"],
                 }
             )
         configs = {lay.config_digest for lay in (*ours, *podmans)}

@@ -200,11 +200,13 @@ def run_suite(args: argparse.Namespace, profile: Profile, doc: dict[str, Any]) -
                         }
                         continue
                     log(f"  {step.name} {strategy.name} ...")
+                    # With --images-code the images' code is not the client's: record both
+                    # (the client's as the cell starts, when its subprocesses load it).
+                    client_code = code_state()
                     result = run_cell(strategy, step)
                     result["key"] = key
                     result["code"] = ws.code
-                    # With --images-code the images' code is not the client's: record both.
-                    result["client_code"] = code_state()
+                    result["client_code"] = client_code
                     path.parent.mkdir(parents=True, exist_ok=True)
                     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
                     sstep["cells"][strategy.name] = result

@@ -94,7 +94,9 @@ def make_versions(root: Path) -> tuple[Path, Path]:
         boot = src / "boot" / f"initrd.img-{names[v]['kv']}"
         boot.parent.mkdir(parents=True, exist_ok=True)
         boot.write_bytes(
-            subprocess.run(["gzip", "-n", "-6", "-c"], input=initrd, capture_output=True).stdout
+            subprocess.run(
+                ["gzip", "-n", "-6", "-c"], input=initrd, capture_output=True, check=True
+            ).stdout
         )
         if v == 2:
             (src / "usr/bin/newtool").write_bytes(_binary(rng, 40_000))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import random
+import shutil
 import struct
 import subprocess
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -326,12 +328,46 @@ def test_gzip_inner_rejects_lies_and_a_missing_gzip(monkeypatch: pytest.MonkeyPa
         apply_delta(GZIP_INNER, old, delta, len(new))
 
 
-def test_big_patch_from_goes_through_the_zstd_program_and_python_decodes_it() -> None:
+def test_big_patch_from_goes_through_the_zstd_program_and_python_decodes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from chunkah.delta import encode as encode_mod
+
+    assert shutil.which("zstd"), "the Makefile installs Debian's zstd"
+    made: list[int] = []
+    real = encode_mod._zstd_patch_cli
+
+    def spy(cli: str, old: bytes, new: bytes, level: int) -> bytes | None:
+        out = real(cli, old, new, level)
+        made.append(-1 if out is None else len(out))
+        return out
+
+    monkeypatch.setattr(encode_mod, "_zstd_patch_cli", spy)
     rng = random.Random(5)
     old = rng.randbytes(9 << 20)
     new = mutate(rng, old, 30)
     delta = encode(ZSTD_PATCH, old, new, level=3)  # 18 MiB together: the zstd CLI
+    assert made == [len(delta)]  # the program made it (no in-process fallback)
     assert len(delta) < 100_000
+    assert apply_delta(ZSTD_PATCH, old, delta, len(new)) == new
+    # Small pairs stay in-process.
+    encode(ZSTD_PATCH, old[:4096], new[:4096], level=3)
+    assert len(made) == 1
+
+
+def test_patch_from_falls_back_in_process_when_the_zstd_program_fails(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from chunkah.delta import encode as encode_mod
+
+    broken = tmp_path / "zstd"
+    broken.write_text("#!/bin/sh\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setattr(encode_mod.shutil, "which", lambda name: str(broken))
+    rng = random.Random(6)
+    old = rng.randbytes(9 << 20)
+    new = mutate(rng, old, 30)
+    delta = encode(ZSTD_PATCH, old, new, level=3)
     assert apply_delta(ZSTD_PATCH, old, delta, len(new)) == new
 
 

@@ -258,16 +258,17 @@ def test_update_jitter_waits_within_the_window_before_touching_the_sysroot(
 ) -> None:
     from chunkah import cli
 
-    slept: list[float] = []
-    monkeypatch.setattr(cli.time, "sleep", slept.append)
     sysroot = tmp_path / "sys"
+    slept: list[tuple[float, bool]] = []
+    monkeypatch.setattr(cli.time, "sleep", lambda s: slept.append((s, sysroot.exists())))
     # Nothing listens on port 9: after the wait the update fails with a network error.
     rc = cli.main(
         ["update", "docker://127.0.0.1:9/x/y:z", "--sysroot", str(sysroot), "--plain-http",
          "--jitter", "30"]
     )  # fmt: skip
     assert rc != 0
-    assert len(slept) == 1 and 0 <= slept[0] <= 30
+    assert len(slept) == 1 and 0 <= slept[0][0] <= 30
+    assert slept[0][1] is False  # the wait came before the sysroot was created
     assert "--jitter" in capsys.readouterr().err
 
 

@@ -101,7 +101,9 @@ def _zstd_patch(old: bytes, new: bytes, level: int) -> bytes:
     if len(old) + len(new) > _LDM_MIN:
         cli = shutil.which("zstd")
         if cli is not None:
-            return _zstd_patch_cli(cli, old, new, level)
+            made = _zstd_patch_cli(cli, old, new, level)
+            if made is not None:
+                return made
     params = zstandard.ZstdCompressionParameters.from_level(
         level,
         source_size=len(new),
@@ -114,24 +116,28 @@ def _zstd_patch(old: bytes, new: bytes, level: int) -> bytes:
     return zstandard.ZstdCompressor(dict_data=d, compression_params=params).compress(new)
 
 
-def _zstd_patch_cli(cli: str, old: bytes, new: bytes, level: int) -> bytes:
+def _zstd_patch_cli(cli: str, old: bytes, new: bytes, level: int) -> bytes | None:
     """``zstd --patch-from`` with the window of docs/delta.md (the frame is the same
-    kind python-zstandard decodes with ``old`` as a raw-content dictionary)."""
+    kind python-zstandard decodes with ``old`` as a raw-content dictionary); None when
+    the program fails (a full temp directory...): the caller compresses in-process."""
     window = _window_log(len(old), len(new))
     with tempfile.TemporaryDirectory(prefix="chunkah-patch-") as tmp:
-        paths = [os.path.join(tmp, n) for n in ("old", "new", "out")]
-        for path, data in zip(paths, (old, new), strict=False):
-            with open(path, "wb") as f:
-                f.write(data)
+        old_path, new_path, out_path = (os.path.join(tmp, n) for n in ("old", "new", "out"))
         cmd = [cli, "-q", "-f", f"-{level}", f"--long={window}", "-T1"]
         if level > 19:
             cmd.insert(1, "--ultra")
-        cmd += [f"--patch-from={paths[0]}", paths[1], "-o", paths[2]]
-        done = subprocess.run(cmd, capture_output=True, timeout=3600, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"zstd --patch-from failed: {done.stderr.decode(errors='replace')}")
-        with open(paths[2], "rb") as f:
-            return f.read()
+        cmd += [f"--patch-from={old_path}", new_path, "-o", out_path]
+        try:
+            for path, data in ((old_path, old), (new_path, new)):
+                with open(path, "wb") as f:
+                    f.write(data)
+            done = subprocess.run(cmd, capture_output=True, timeout=3600, check=False)
+            if done.returncode != 0:
+                return None
+            with open(out_path, "rb") as f:
+                return f.read()
+        except (OSError, subprocess.TimeoutExpired):
+            return None
 
 
 def _bsdiff_raw(old: bytes, new: bytes) -> bytes:
@@ -319,12 +325,23 @@ def _apply_gzip_inner(old: bytes, delta: bytes, size: int) -> bytes:
         raise DeltaError("gzip-inner delta has a bad header")
     if not 1 <= gz_level <= 9 or max(old_raw_size, new_raw_size) > RAW_MAX:
         raise DeltaError("gzip-inner delta declares a bad level or size")
+    body = delta[_GZIP_HEADER.size :]
     try:
         old_raw = gunzip_exact(old, old_raw_size)
         if len(old_raw) != old_raw_size:
             raise DeltaError("the base's gzip content is not the size the delta expects")
-        new_raw = apply_delta(inner, old_raw, delta[_GZIP_HEADER.size :], new_raw_size)
-        del old_raw
+        if inner == ZSTD_PATCH:
+            # The dictionary holds its own copy: drop ours before decoding (an initrd's
+            # 130 MB content would otherwise be in memory three times at the peak).
+            d = zstandard.ZstdCompressionDict(old_raw, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+            del old_raw
+            new_raw = _decompress(body, new_raw_size, d, old_raw_size)
+            del d
+            if len(new_raw) != new_raw_size:
+                raise DeltaError(f"delta gives {len(new_raw)} bytes, expected {new_raw_size}")
+        else:
+            new_raw = apply_delta(inner, old_raw, body, new_raw_size)
+            del old_raw
         out = regzip(new_raw, gz_level)
     except GzipError as exc:
         raise DeltaError(f"gzip-inner delta: {exc}") from None
