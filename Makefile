@@ -28,7 +28,7 @@ debs:
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py chunkah/_native/fastcdc.c chunkah/_native/fastcdc.h chunkah/_native/build_ffi.py
+$(STAMP): pyproject.toml setup.py $(wildcard chunkah/_native/*.c chunkah/_native/*.h) chunkah/_native/build_ffi.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install -q -e '.[test]'

@@ -1,5 +1,10 @@
-"""Build shim: setuptools metadata lives in pyproject.toml; this file only adds the CFFI extension."""
+"""Build shim: setuptools metadata lives in pyproject.toml; this file only adds the CFFI extensions."""
 
 from setuptools import setup
 
-setup(cffi_modules=["chunkah/_native/build_ffi.py:ffibuilder"])
+setup(
+    cffi_modules=[
+        "chunkah/_native/build_ffi.py:ffibuilder",
+        "chunkah/_native/build_ffi.py:delta_ffibuilder",
+    ]
+)

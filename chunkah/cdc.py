@@ -16,7 +16,6 @@ The public calls:
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import numpy.typing as npt
 
 from chunkah import _cdc_python
 from chunkah._cdc_tables import GEAR, MASKS
+from chunkah._native import wanted_backend
 
 __all__ = [
     "AVG_SIZE_RANGE",
@@ -185,9 +185,7 @@ class _PythonBackend:
 
 
 def _load_backend() -> tuple[str, _Backend]:
-    wanted = os.environ.get("CHUNKAH_BACKEND", "").strip().lower()
-    if wanted not in ("", "native", "python"):
-        raise ImportError(f"CHUNKAH_BACKEND={wanted!r} is not valid: use 'native' or 'python'")
+    wanted = wanted_backend()
     if wanted == "python":
         return "python", _PythonBackend()
     try:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyfastcdc import FastCDC
+from support.backends import block_module, run_python
 
 from chunkah import cdc
 
@@ -296,26 +293,7 @@ def test_bad_types() -> None:
         list(cdc.stream_cut_points(42, min_size=64, avg_size=256, max_size=1024))  # type: ignore[arg-type]
 
 
-def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if k != "CHUNKAH_BACKEND"}
-    full_env.update(env)
-    return subprocess.run(
-        [sys.executable, "-W", "always", "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=60,
-    )
-
-
-BLOCK_NATIVE = """
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name == "chunkah._native._fastcdc":
-            raise ImportError("blocked for the test")
-sys.meta_path.insert(0, Block())
-"""
+BLOCK_NATIVE = block_module("chunkah._native._fastcdc")
 
 
 def test_backend_selection() -> None:
