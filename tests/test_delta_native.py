@@ -19,6 +19,8 @@ from chunkah.delta.encode import (
     BSDIFF_SPARSE_XZ,
     BSDIFF_XZ,
     GZIP_INNER,
+    ZSTD_PATCH,
+    ZSTD_PATCH_PARTS,
     DeltaError,
     apply_delta,
     encode,
@@ -305,3 +307,77 @@ def test_backends_make_the_same_patch() -> None:
     assert len({o[2] for o in outs.values()}) == 1
     forced = run_python(BLOCK_NATIVE + PROBE, CHUNKAH_BACKEND="native")
     assert forced.returncode != 0 and "CHUNKAH_BACKEND=native but the C extension" in forced.stderr
+
+
+# --- encoding 6 --------------------------------------------------------------------------
+
+
+def test_parts_encoding_round_trip_and_runs_the_parts_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import subprocess as sp
+
+    from chunkah.delta import encode as encode_mod
+
+    started: list[float] = []
+    real_popen = sp.Popen
+
+    def popen(*args: object, **kwargs: object) -> sp.Popen[bytes]:
+        started.append(__import__("time").monotonic())
+        return real_popen(*args, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+    monkeypatch.setattr(encode_mod.subprocess, "Popen", popen)
+    rng = random.Random(8)
+    old = structured(rng, 3 << 20)
+    new = mutate(rng, old, 400)
+    delta = encode(ZSTD_PATCH_PARTS, old, new, level=9)
+    assert len(started) == 2  # one zstd process per part
+    magic, count = struct.unpack_from("<4sI", delta)
+    assert (magic, count) == (b"CKZP", 2)
+    sizes = [struct.unpack_from("<QQ", delta, 8 + 16 * i) for i in range(2)]
+    assert sum(c for _, c in sizes) == len(new) and abs(sizes[0][1] - sizes[1][1]) <= 1
+    assert apply_delta(ZSTD_PATCH_PARTS, old, delta, len(new)) == new
+    assert len(delta) < len(encode(ZSTD_PATCH, b"", new, level=9))  # the old file helped
+
+
+def test_hostile_parts_deltas_fail_cleanly() -> None:
+    rng = random.Random(9)
+    old = structured(rng, 200_000)
+    new = mutate(rng, old, 30)
+    delta = encode(ZSTD_PATCH_PARTS, old, new, level=3)
+    header = 8 + 16 * 2
+    first_frame, first_content = struct.unpack_from("<QQ", delta, 8)
+    cases = {
+        "bad magic": b"CKZX" + delta[4:],
+        "no parts": delta[:4] + struct.pack("<I", 0) + delta[8:],
+        "too many parts": delta[:4] + struct.pack("<I", 1 << 20) + delta[8:],
+        "truncated table": delta[:20],
+        "truncated frames": delta[:-10],
+        "sizes that do not add up": delta[:8]
+        + struct.pack("<QQ", first_frame, first_content + 5)
+        + delta[24:],
+        "parts swapped sizes": delta[:8]
+        + struct.pack("<QQ", first_frame, first_content - 1)
+        + struct.pack(
+            "<QQ", *struct.unpack_from("<QQ", delta, 24)[:1], len(new) - first_content + 1
+        )
+        + delta[header:],
+        "a frame that is not zstd": delta[:header] + b"\x00" * (len(delta) - header),
+    }
+    for name, bad in cases.items():
+        with pytest.raises(DeltaError):
+            apply_delta(ZSTD_PATCH_PARTS, old, bad, len(new))
+            pytest.fail(name)
+    with pytest.raises(DeltaError):  # more than the file allows
+        apply_delta(ZSTD_PATCH_PARTS, old, delta, len(new) - 1)
+
+
+def test_encode_best_splits_a_big_far_file_over_two_processes() -> None:
+    rng = random.Random(10)
+    old = rng.randbytes(17 << 20)
+    new = bytearray(old)
+    for at in range(0, len(new), 4096):  # a rebuild: a fifth of every page differs
+        new[at : at + 800] = rng.randbytes(800)
+    encoding, delta = encode_best(old, bytes(new), level=10)
+    assert encoding == ZSTD_PATCH_PARTS
+    assert apply_delta(encoding, old, delta, len(new)) == new

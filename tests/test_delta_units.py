@@ -337,9 +337,9 @@ def test_big_patch_from_goes_through_the_zstd_program_and_python_decodes_it(
     made: list[int] = []
     real = encode_mod._zstd_patch_cli
 
-    def spy(cli: str, old: bytes, new: bytes, level: int) -> bytes | None:
-        out = real(cli, old, new, level)
-        made.append(-1 if out is None else len(out))
+    def spy(cli: str, old: bytes, parts: list[bytes], level: int) -> list[bytes] | None:
+        out = real(cli, old, parts, level)
+        made.append(-1 if out is None else len(out[0]))
         return out
 
     monkeypatch.setattr(encode_mod, "_zstd_patch_cli", spy)
