@@ -1,6 +1,6 @@
 /* Delta-encoding kernels: bsdiff's match search over a given suffix array, and the
  * sparse diff block of encoding 5 (docs/delta.md section 3). Pure-Python twins:
- * chunkah/delta/_bsdiff_python.py and chunkah/delta/sparse.py. */
+ * _search_python in chunkah/delta/bsdiff.py, expand_python in chunkah/delta/sparse.py. */
 #ifndef CHUNKAH_DELTA_H
 #define CHUNKAH_DELTA_H
 
