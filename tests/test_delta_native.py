@@ -340,6 +340,15 @@ def test_parts_encoding_round_trip_and_runs_the_parts_at_once(
     assert len(delta) < len(encode(ZSTD_PATCH, b"", new, level=9))  # the old file helped
 
 
+@pytest.mark.parametrize("size", [0, 1, 2, 3])
+def test_parts_encoding_of_tiny_files(size: int) -> None:
+    old = b"abcdef" * 10
+    new = old[:size]
+    delta = encode(ZSTD_PATCH_PARTS, old, new, level=3)
+    assert struct.unpack_from("<4sI", delta)[1] == max(1, min(2, size))
+    assert apply_delta(ZSTD_PATCH_PARTS, old, delta, len(new)) == new
+
+
 def test_hostile_parts_deltas_fail_cleanly() -> None:
     rng = random.Random(9)
     old = structured(rng, 200_000)

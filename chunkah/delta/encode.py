@@ -194,19 +194,22 @@ def _zstd_patch_cli(
                     p.wait()
 
 
-def _zstd_patch_parts(old: bytes, new: bytes, level: int) -> bytes | None:
+def _zstd_patch_parts(
+    old: bytes, new: bytes, level: int, *, in_process: bool = False
+) -> bytes | None:
     """Encoding 6: ``new`` cut into ``_PARTS`` parts, each a patch-from frame against
-    the whole old file, made at once by as many ``zstd`` processes; None without a
-    ``zstd`` program (in-process, the parts would run one after the other)."""
+    the whole old file, made at once by as many ``zstd`` processes; None when the
+    ``zstd`` program is missing or fails, unless ``in_process`` (then one part after
+    the other in this process: no faster than one frame)."""
     cli = shutil.which("zstd")
-    if cli is None:
-        return None
     view = memoryview(new)
-    step = -(-len(new) // _PARTS)
-    parts = [view[i : i + step] for i in range(0, len(new), step)]
-    frames = _zstd_patch_cli(cli, old, parts, level)
+    step = max(1, -(-len(new) // _PARTS))
+    parts = [view[i : i + step] for i in range(0, len(new), step)] or [view]
+    frames = _zstd_patch_cli(cli, old, parts, level) if cli is not None else None
     if frames is None:
-        return None
+        if not in_process:
+            return None
+        frames = [_zstd_patch_in_process(old, part, level) for part in parts]
     header = _PARTS_HEADER.pack(_PARTS_MAGIC, len(parts)) + b"".join(
         _PART_ENTRY.pack(len(frame), len(part)) for frame, part in zip(frames, parts, strict=True)
     )
@@ -256,9 +259,8 @@ def encode(encoding: int, old: bytes, new: bytes, *, level: int = DEFAULT_LEVEL)
     if encoding == ZSTD_PATCH:
         return _zstd_patch(old, new, level)
     if encoding == ZSTD_PATCH_PARTS:
-        made = _zstd_patch_parts(old, new, level)
-        if made is None:
-            raise DeltaError("zstd-patch-parts needs the zstd program")
+        made = _zstd_patch_parts(old, new, level, in_process=True)
+        assert made is not None
         return made
     if encoding == BSDIFF_ZSTD:
         return _zstd(_bsdiff_raw(_bsdiff_blocks(old, new)), level)
