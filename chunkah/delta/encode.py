@@ -74,14 +74,15 @@ _BSDIFF_HEADER = struct.Struct("<4sIQQQ")  # magic, reserved, control, diff, ext
 _BSDIFF_MAGIC = b"CKBD"
 _XZ_DICT = 64 << 20
 #: bsdiff-xz: raw LZMA2, these settings exactly (docs/delta.md section 3)
-_XZ_DECODE = [{"id": lzma.FILTER_LZMA2, "dict_size": _XZ_DICT, "lc": 1, "lp": 0, "pb": 0}]
+_DENSE_LZMA = {"lc": 1, "lp": 0, "pb": 0}
+_XZ_DECODE = [{"id": lzma.FILTER_LZMA2, "dict_size": _XZ_DICT, **_DENSE_LZMA}]
 #: bsdiff-sparse-xz: a token is two bytes (gap, value) far more often than not: pb=1
 _SPARSE_LZMA = {"lc": 2, "lp": 0, "pb": 1}
 _SPARSE_DECODE = [{"id": lzma.FILTER_LZMA2, "dict_size": _XZ_DICT, **_SPARSE_LZMA}]
 _SPARSE_HEADER = struct.Struct("<4sIQQQQ")  # magic, 0, control, diff, tokens, extra lengths
 _SPARSE_MAGIC = b"CKSP"
 #: The dense bsdiff-xz as well, only for patches this small: on a 4.7 MB libcrypto
-#: patch it took 3.0 s for 0.03 % fewer bytes than the sparse form's 0.3 s.
+#: patch it took 3.0 s for 0.02-0.3 % fewer bytes than the sparse form's 0.3 s.
 _DENSE_XZ_MAX = 256 << 10
 _SMALL_PATCH = 64 << 10  # bsdiff patches up to this size are also tried with zstd
 _DISSIMILAR = 0.9  # the old file saves less than 10 %: not worth a delta search
@@ -94,7 +95,8 @@ _BIG_CLOSE = 1.1
 #: 40 % of the CPU), so past 64 KiB only when the probe is within 1.2x of the best.
 _SMALL_FILE = 64 << 10
 _CLOSE = 1.2
-#: bsdiff's suffix sort costs ~1.4 CPU-s per MB.  Past this size it runs only when
+#: bsdiff's search is slow where the files differ a lot (numpy's rebuilt 25 MB
+#: OpenBLAS: 27 s; close files take about 0.25 s per MB).  Past this size it runs only when
 #: the probe says the files are close (under 12 % of the new size): numpy's 25 MB
 #: OpenBLAS rebuilt (probe 18 %) gives 2.82 MB by a level-18 patch-from against
 #: bsdiff-xz's 3.07 MB for half the CPU; patched (probe 8 %), bsdiff-xz gives 266 KB
@@ -216,10 +218,6 @@ def _zstd_patch_parts(
     return header + b"".join(frames)
 
 
-def _bsdiff_blocks(old: bytes, new: bytes) -> tuple[bytes, bytes, bytes]:
-    return bsdiff.diff(old, new)
-
-
 def _bsdiff_raw(blocks: tuple[bytes, bytes, bytes]) -> bytes:
     control, diff, extra = blocks
     out: bytes = (
@@ -245,11 +243,10 @@ def _zstd(raw: bytes, level: int) -> bytes:
     return zstandard.ZstdCompressor(compression_params=params).compress(raw)
 
 
-def _xz(raw: bytes, *, extreme: bool = True, lzma_options: dict[str, int] | None = None) -> bytes:
+def _xz(raw: bytes, lzma_options: dict[str, int]) -> bytes:
     dict_size = max(4096, min(_XZ_DICT, len(raw)))
-    preset = 6 | lzma.PRESET_EXTREME if extreme else 6
-    options = lzma_options or {"lc": 1, "lp": 0, "pb": 0}
-    filters = [{"id": lzma.FILTER_LZMA2, "preset": preset, "dict_size": dict_size, **options}]
+    preset = 6 | lzma.PRESET_EXTREME
+    filters = [{"id": lzma.FILTER_LZMA2, "preset": preset, "dict_size": dict_size, **lzma_options}]
     out: bytes = lzma.compress(raw, format=lzma.FORMAT_RAW, filters=filters)
     return out
 
@@ -263,11 +260,11 @@ def encode(encoding: int, old: bytes, new: bytes, *, level: int = DEFAULT_LEVEL)
         assert made is not None
         return made
     if encoding == BSDIFF_ZSTD:
-        return _zstd(_bsdiff_raw(_bsdiff_blocks(old, new)), level)
+        return _zstd(_bsdiff_raw(bsdiff.diff(old, new)), level)
     if encoding == BSDIFF_XZ:
-        return _xz(_bsdiff_raw(_bsdiff_blocks(old, new)))
+        return _xz(_bsdiff_raw(bsdiff.diff(old, new)), _DENSE_LZMA)
     if encoding == BSDIFF_SPARSE_XZ:
-        return _xz(_sparse_raw(_bsdiff_blocks(old, new)), lzma_options=_SPARSE_LZMA)
+        return _xz(_sparse_raw(bsdiff.diff(old, new)), _SPARSE_LZMA)
     if encoding == GZIP_INNER:
         found = _gzip_inner(old, new, level, BSDIFF_MAX)
         if found is None:
@@ -320,12 +317,12 @@ def _plain_best(old: bytes, new: bytes, level: int, bsdiff_max: int) -> tuple[in
             else:
                 candidates.append((ZSTD_PATCH, _zstd_patch(old, new, far)))
         return min(candidates, key=lambda c: len(c[1]))
-    blocks = _bsdiff_blocks(old, new)
-    candidates.append((BSDIFF_SPARSE_XZ, _xz(_sparse_raw(blocks), lzma_options=_SPARSE_LZMA)))
+    blocks = bsdiff.diff(old, new)
+    candidates.append((BSDIFF_SPARSE_XZ, _xz(_sparse_raw(blocks), _SPARSE_LZMA)))
     raw = _bsdiff_raw(blocks)
     del blocks
     if len(raw) <= _DENSE_XZ_MAX:
-        candidates.append((BSDIFF_XZ, _xz(raw)))
+        candidates.append((BSDIFF_XZ, _xz(raw, _DENSE_LZMA)))
     if len(raw) <= _SMALL_PATCH:
         candidates.append((BSDIFF_ZSTD, _zstd(raw, level)))
     best = min(candidates, key=lambda c: len(c[1]))
@@ -380,8 +377,8 @@ def _bsdiff_patch(old: bytes, size: int, control: bytes, diff: bytes, extra: byt
     return out
 
 
-def _unxz(data: bytes, cap: int, filters: list[dict[str, int]] | None = None) -> bytes:
-    d = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=filters or _XZ_DECODE)
+def _unxz(data: bytes, cap: int, filters: list[dict[str, int]]) -> bytes:
+    d = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=filters)
     try:
         out = d.decompress(data, max_length=cap + 1)
     except lzma.LZMAError as exc:
@@ -404,7 +401,11 @@ def apply_delta(encoding: int, old: bytes, delta: bytes, size: int) -> bytes:
     elif encoding in (BSDIFF_ZSTD, BSDIFF_XZ):
         # control: 24 bytes per triple; diff <= size; extra <= size
         cap = _BSDIFF_HEADER.size + 2 * size + 24 * (size + 1)
-        raw = _decompress(delta, cap, None, 0) if encoding == BSDIFF_ZSTD else _unxz(delta, cap)
+        raw = (
+            _decompress(delta, cap, None, 0)
+            if encoding == BSDIFF_ZSTD
+            else _unxz(delta, cap, _XZ_DECODE)
+        )
         if len(raw) < _BSDIFF_HEADER.size:
             raise DeltaError("bsdiff delta is truncated")
         magic, _r, nc, nd, ne = _BSDIFF_HEADER.unpack_from(raw)

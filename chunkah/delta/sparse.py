@@ -3,7 +3,7 @@
 bsdiff's diff block is ~90 % zero bytes (new minus old over matched regions).  LZMA2
 with a long match length spends seconds on those runs (libcrypto's 4.7 MB block: 3.0 s
 at ``nice_len=273``) and the same bytes as tokens compress 10x faster to within
-0.1 % (docs/delta.md section 3).  A token is the number of zero bytes before the next
+0.3 % (docs/delta.md section 3).  A token is the number of zero bytes before the next
 non-zero byte -- one byte when under 255, else 0xFF and LEB128(gap - 255) -- then
 that byte; zero bytes after the last token are implied by the block's length.
 
